@@ -1,0 +1,138 @@
+"""``bpr`` command line: train, evaluate and predict."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model import __version__
+from model.paths import DEFAULT_WEIGHTS, shared_data_dir
+from model.volume import CTInputError
+
+log = logging.getLogger("bpr")
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="self-supervised training on unlabeled CT")
+    p.add_argument("inputs", nargs="*", type=Path,
+                   help="NIfTI files, DICOM folders or CSV lists (column file, optional split);"
+                        " default: ../shared/data/manifest.csv")
+    p.add_argument("--val", nargs="*", type=Path, default=[], help="validation inputs")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
+    p.add_argument("--cache", type=Path, default=Path(".cache/train"),
+                   help="folder for preprocessed volumes (default .cache/train)")
+    p.add_argument("--epochs", type=int, default=64)
+    p.add_argument("--steps-per-epoch", type=int, default=40)
+    p.add_argument("--volumes-per-batch", type=int, default=32)
+    p.add_argument("--slices-per-volume", type=int, default=8, help="m, slices per volume")
+    p.add_argument("--delta-h", type=float, nargs=2, default=(5.0, 100.0), metavar=("MIN", "MAX"),
+                   help="range of the slice distance Δh in mm")
+    p.add_argument("--loss", choices=("heuristic", "classification"), default="heuristic")
+    p.add_argument("--beta", type=float, default=0.01, help="β of the heuristic loss, per mm")
+    p.add_argument("--alpha", type=float, default=0.0, help="weight of the distance loss")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from model.dataset import entries_from_paths, load_train_volumes
+    from model.export import export_model
+    from model.train import TrainConfig, train
+
+    inputs = args.inputs or [shared_data_dir() / "manifest.csv"]
+    entries = entries_from_paths(inputs) + entries_from_paths(args.val, split="val")
+    train_v = load_train_volumes([e for e in entries if e.split == "train"], args.cache)
+    val_v = load_train_volumes([e for e in entries if e.split == "val"], args.cache)
+    cfg = TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        volumes_per_batch=args.volumes_per_batch, slices_per_volume=args.slices_per_volume,
+        delta_h_min_mm=args.delta_h[0], delta_h_max_mm=args.delta_h[1], loss=args.loss,
+        beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
+        augment=not args.no_augment, threads=args.threads,
+    )
+    log.info("training on %d volumes, validating on %d", len(train_v), len(val_v))
+    net = train(train_v, val_v, cfg, args.out, resume=args.resume)
+    weights = export_model(net, asdict(cfg), args.out)
+    print(f"wrote {weights} and {weights.with_suffix('.json')}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("predict", help="score every slice of CT series")
+    p.add_argument("inputs", nargs="+", type=Path, help="NIfTI files, DICOM files or folders")
+    p.add_argument("--out", type=Path, required=True,
+                   help="JSON file when there is one series, else a folder of JSON files")
+    p.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="weights (.pt)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from model.inference import BodyPartRegressor
+    from model.io import load_volumes
+    from model.predict import output_name, prediction_document, write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    regressor = BodyPartRegressor.load(args.model)
+    failures = 0
+    volumes = []
+    for path in args.inputs:
+        try:
+            loaded = load_volumes(path)
+        except CTInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        for err in loaded.errors:
+            print(f"error: {err}", file=sys.stderr)
+        failures += len(loaded.errors)
+        volumes += loaded.volumes
+    if not volumes:
+        print("error: no CT series found in the inputs", file=sys.stderr)
+        return 1
+    single = len(volumes) == 1 and args.out.suffix.lower() == ".json"
+    for i, volume in enumerate(tqdm(volumes, desc="predict", unit="series",
+                                    disable=len(volumes) < 2)):
+        try:
+            document = prediction_document(volume, regressor.score_volume(volume), regressor)
+        except (ValueError, RuntimeError) as exc:
+            print(f"error: {volume.source}: scoring failed: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        target = args.out if single else args.out / output_name(volume, i)
+        write_json(document, target)
+        print(f"{volume.identity}: {volume.n_slices} slices -> {target}")
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bpr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bpr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_predict(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""DICOM reader: CT files in, one axial feet → head :class:`CTVolume` per series out."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from model.volume import CTInputError, CTVolume, FloatArray
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_SOP_CLASSES = frozenset(
+    {CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
+)
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+
+#: Slices whose positions along the normal differ by at most this are duplicates.
+DUPLICATE_TOLERANCE_MM = 0.01
+#: Spacings above this multiple of the median spacing are reported as gaps.
+GAP_FACTOR = 1.5
+#: HU given to PixelPaddingValue pixels (outside the reconstructed field of view).
+PADDING_HU = -1024.0
+#: Smaller angles between slice normal and body axis are rounding noise in the cosines.
+TILT_WARN_DEG = 0.5
+
+# pydicom reports malformed files through a range of built-in exceptions.
+_READ_ERRORS = (
+    InvalidDicomError,
+    OSError,
+    EOFError,
+    ValueError,
+    AttributeError,
+    KeyError,
+    TypeError,
+    IndexError,
+)
+_DECODE_ERRORS = (*_READ_ERRORS, NotImplementedError, RuntimeError)
+
+Vector = npt.NDArray[np.float64]
+
+
+@dataclass
+class DicomReadResult:
+    """Volumes read (one per series) and one message per bad file or rejected series."""
+
+    volumes: list[CTVolume] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Frame:
+    """Geometry and rescale of one 2D image: a single-frame file or one frame of a multi-frame."""
+
+    path: Path
+    frame: int  # index into the file's pixel array (0 for single-frame files)
+    sop_uid: str
+    instance: int
+    localizer: bool
+    row_dir: Vector  # direction of increasing column index
+    col_dir: Vector  # direction of increasing row index
+    position: Vector  # ImagePositionPatient: centre of the first transmitted pixel
+    spacing: tuple[float, float]  # (row spacing, column spacing)
+    shape: tuple[int, int]
+    slope: float
+    intercept: float
+
+    @property
+    def centre(self) -> Vector:
+        rows, cols = self.shape
+        return (
+            self.position
+            + self.row_dir * (cols - 1) / 2 * self.spacing[1]
+            + self.col_dir * (rows - 1) / 2 * self.spacing[0]
+        )
+
+
+def read_dicom_folder(folder: Path) -> DicomReadResult:
+    """Read every file below ``folder`` (recursively, any name) as in :func:`read_dicom_series`.
+
+    DICOMDIR index files and hidden files (name starting with a dot) are skipped silently.
+    """
+    if not folder.is_dir():
+        return DicomReadResult(errors=[f"{folder}: not a folder"])
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+    )
+    return read_dicom_series(paths)
+
+
+def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
+    """Read CT DICOM files and assemble one axial feet → head volume per SeriesInstanceUID.
+
+    Accepts CT Image Storage and (Legacy Converted) Enhanced CT multi-frame files. Files
+    without a SeriesInstanceUID are grouped by folder and FrameOfReferenceUID. Per series,
+    localizers and slices whose orientation or matrix differs from the majority are dropped,
+    duplicate positions are collapsed, and slices are ordered by the world z of their centre.
+    In-plane the pixels are flipped (or transposed) to rows anterior → posterior and columns
+    right → left; tilted slices are kept as acquired. Rescale slope and intercept are applied
+    per frame and PixelPaddingValue pixels become air (:data:`PADDING_HU`).
+
+    Parameters
+    ----------
+    paths : iterable of Path
+        Files to read; values in the files are never used to build paths.
+
+    Returns
+    -------
+    DicomReadResult
+        Volumes that could be assembled and one error message per unreadable or non-CT
+        file and per rejected series. Nothing raises for bad input.
+    """
+    result = DicomReadResult()
+    series: dict[str, list[_Frame]] = defaultdict(list)
+    uids: dict[str, str | None] = {}
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except _READ_ERRORS as exc:
+            result.errors.append(f"{path}: not a readable DICOM file ({exc})")
+            continue
+        if _sop_class(ds) == _MEDIA_STORAGE_DIRECTORY:
+            continue
+        try:
+            frames = _frames(path, ds)
+        except CTInputError as exc:
+            result.errors.append(f"{path}: {exc}")
+            continue
+        except _READ_ERRORS as exc:
+            result.errors.append(f"{path}: malformed DICOM header ({exc!r})")
+            continue
+        uid = str(ds.get("SeriesInstanceUID") or "") or None
+        # Anonymised files may lack the UID; fall back to what normally separates series.
+        key = uid or f"{path.parent}\0{ds.get('FrameOfReferenceUID', '')}"
+        series[key].extend(frames)
+        uids[key] = uid
+    for key, frames in series.items():
+        try:
+            result.volumes.append(_assemble(uids[key], frames, result.errors))
+        except CTInputError as exc:
+            result.errors.append(str(exc))
+    return result
+
+
+def _sop_class(ds: Dataset) -> str:
+    # Some anonymisers blank SOPClassUID in the data set but leave the file meta intact.
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    return str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+
+
+def _vector(item: Dataset | None, keyword: str, size: int) -> Vector:
+    value = None if item is None else item.get(keyword)
+    if value is None or isinstance(value, str | bytes) or len(value) != size:
+        raise CTInputError(f"missing or malformed {keyword}")
+    vec = np.array([float(v) for v in value], dtype=np.float64)
+    if not np.all(np.isfinite(vec)):
+        raise CTInputError(f"non-finite {keyword}")
+    return vec
+
+
+def _frames(path: Path, ds: Dataset) -> list[_Frame]:
+    """Header of one file as 2D frames; raises CTInputError with the reason."""
+    sop_class, modality = _sop_class(ds), str(ds.get("Modality", ""))
+    if sop_class not in CT_SOP_CLASSES or modality not in ("CT", ""):
+        name = UID(sop_class).name if sop_class else "missing"
+        raise CTInputError(f"not CT (Modality {modality!r}, SOP class {name!r})")
+    missing = [kw for kw in ("Rows", "Columns") if kw not in ds]
+    if missing:
+        raise CTInputError(f"missing {', '.join(missing)} (incomplete or truncated header)")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise CTInputError("not a greyscale image (SamplesPerPixel != 1)")
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    sop_uid = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
+    instance = int(ds.get("InstanceNumber") or 0)
+    shape = (int(ds.Rows), int(ds.Columns))
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    multi_frame = sop_class != CT_IMAGE_STORAGE
+    n_frames = int(ds.get("NumberOfFrames") or 1) if multi_frame else 1
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+
+    def macro(index: int, keyword: str) -> Dataset | None:
+        # Enhanced CT puts each functional group either per frame or once in the shared item.
+        if not multi_frame:
+            return ds
+        for groups in (per_frame[index] if index < len(per_frame) else None, *shared[:1]):
+            items = None if groups is None else groups.get(keyword)
+            if items:
+                item: Dataset = items[0]
+                return item
+        return None
+
+    frames = []
+    for index in range(n_frames):
+        orientation = _vector(
+            macro(index, "PlaneOrientationSequence"), "ImageOrientationPatient", 6
+        )
+        spacing = _vector(macro(index, "PixelMeasuresSequence"), "PixelSpacing", 2)
+        rescale = macro(index, "PixelValueTransformationSequence")
+        frame_type = macro(index, "CTImageFrameTypeSequence")
+        types = image_type + [
+            str(v).upper() for v in (frame_type or Dataset()).get("FrameType", [])
+        ]
+        if min(spacing) <= 0:
+            raise CTInputError(f"invalid PixelSpacing {spacing.tolist()}")
+        if min(np.linalg.norm(orientation[:3]), np.linalg.norm(orientation[3:])) < 1e-6:
+            raise CTInputError("degenerate ImageOrientationPatient")
+        frames.append(
+            _Frame(
+                path=path,
+                frame=index,
+                sop_uid=sop_uid,
+                instance=instance,
+                localizer="LOCALIZER" in types,
+                row_dir=orientation[:3] / np.linalg.norm(orientation[:3]),
+                col_dir=orientation[3:] / np.linalg.norm(orientation[3:]),
+                position=_vector(macro(index, "PlanePositionSequence"), "ImagePositionPatient", 3),
+                spacing=(float(spacing[0]), float(spacing[1])),
+                shape=shape,
+                slope=float((rescale or Dataset()).get("RescaleSlope", 1.0)),
+                intercept=float((rescale or Dataset()).get("RescaleIntercept", 0.0)),
+            )
+        )
+    return frames
+
+
+def _keep_majority(frames: list[_Frame], key: Callable[[_Frame], Hashable]) -> list[_Frame]:
+    majority, _ = Counter(key(f) for f in frames).most_common(1)[0]
+    return [f for f in frames if key(f) == majority]
+
+
+def _assemble(uid: str | None, frames: list[_Frame], errors: list[str]) -> CTVolume:
+    """One series' frames → CTVolume; decode failures are appended to ``errors``."""
+    paths = sorted({str(f.path) for f in frames})
+    # A single (multi-frame) file is its own source; otherwise the folder holding the files.
+    source = (
+        paths[0] if len(paths) == 1 else os.path.commonpath([os.path.dirname(p) for p in paths])
+    )
+    label = f"series {uid or '(no SeriesInstanceUID)'} in {source}"
+    warnings = []
+    n_all = len(frames)
+    frames = [f for f in frames if not f.localizer]
+    if not frames:
+        raise CTInputError(f"{label}: only localizer images")
+    if len(frames) < n_all:
+        warnings.append(f"dropped {n_all - len(frames)} localizer image(s)")
+    for what, key in (
+        (
+            "orientation",
+            lambda f: tuple(float(v) for v in np.concatenate([f.row_dir, f.col_dir]).round(3)),
+        ),
+        (
+            "matrix size or pixel spacing",
+            lambda f: (f.shape, tuple(round(v, 4) for v in f.spacing)),
+        ),
+    ):
+        kept = _keep_majority(frames, key)
+        if len(kept) < len(frames):
+            warnings.append(
+                f"dropped {len(frames) - len(kept)} slice(s) whose {what} differs from the "
+                "series majority"
+            )
+        frames = kept
+
+    ref = frames[0]
+    normal = np.cross(ref.row_dir, ref.col_dir)
+    if int(np.argmax(np.abs(normal))) != 2:
+        raise CTInputError(f"{label}: not an axial series (slice normal {np.round(normal, 3)})")
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(float(normal[2]))))))
+    if tilt > TILT_WARN_DEG:
+        warnings.append(
+            f"gantry tilt / oblique slices: slice normal {tilt:.1f}° from the body axis; "
+            "slices kept as acquired, z_mm is the slice-centre position"
+        )
+
+    # Collapse duplicate positions, keeping the lowest InstanceNumber of each cluster.
+    frames.sort(key=lambda f: float(f.position @ normal))
+    clusters: list[list[_Frame]] = []
+    for f in frames:
+        anchor = clusters[-1][0] if clusters else None
+        if anchor is not None and (f.position - anchor.position) @ normal <= DUPLICATE_TOLERANCE_MM:
+            clusters[-1].append(f)
+        else:
+            clusters.append([f])
+    n_duplicates = len(frames) - len(clusters)
+    frames = [min(c, key=lambda f: (f.instance, f.frame, str(f.path))) for c in clusters]
+    if n_duplicates:
+        warnings.append(
+            f"dropped {n_duplicates} slice(s) duplicating the position of another slice "
+            "(kept the lowest InstanceNumber)"
+        )
+
+    z = np.array([f.centre[2] for f in frames])
+    if len(z) > 1 and not np.all(np.diff(z) * np.sign(normal[2]) > 0):
+        warnings.append("slice order along the slice normal disagrees with z; ordered by z")
+    frames = [frames[i] for i in np.argsort(z, kind="stable")]
+
+    stored: dict[Path, tuple[npt.NDArray[np.generic], int | None]] = {}
+    for path in dict.fromkeys(f.path for f in frames):
+        try:
+            ds = pydicom.dcmread(path)
+            padding = ds.get("PixelPaddingValue")
+            stored[path] = (
+                ds.pixel_array.reshape(-1, *ref.shape),
+                None if padding is None else int(padding),
+            )
+        except _DECODE_ERRORS as exc:
+            errors.append(f"{path}: pixel data could not be decoded ({exc})")
+    frames = [f for f in frames if f.path in stored and f.frame < len(stored[f.path][0])]
+    if not frames:
+        raise CTInputError(f"{label}: no slice could be decoded")
+    planes = []
+    for f in frames:
+        raw, padding = stored[f.path][0][f.frame], stored[f.path][1]
+        plane = raw.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
+        if padding is not None:
+            # Padding marks pixels outside the reconstruction circle, not a measured value;
+            # read it as air like the training data.
+            plane[raw == padding] = PADDING_HU
+        planes.append(plane)
+    hu: FloatArray = np.stack(planes)
+    hu, spacing = _canonical_in_plane(hu, ref.row_dir, ref.col_dir, ref.spacing)
+    z_mm = np.array([f.centre[2] for f in frames], dtype=np.float64)
+    if len(z_mm) > 1 and not np.all(np.diff(z_mm) > 0):
+        raise CTInputError(f"{label}: slice centres are not distinct along z")
+    warnings.extend(_spacing_warnings(z_mm))
+    return CTVolume(
+        hu=hu,
+        z_mm=z_mm,
+        pixel_spacing_mm=spacing,
+        source=source,
+        series_instance_uid=uid,
+        sop_instance_uids=[f.sop_uid for f in frames],
+        warnings=warnings,
+    )
+
+
+def _canonical_in_plane(
+    hu: FloatArray, row_dir: Vector, col_dir: Vector, spacing: tuple[float, float]
+) -> tuple[FloatArray, tuple[float, float]]:
+    """Flip/transpose so columns run towards +x (patient left) and rows towards +y (posterior)."""
+    if abs(row_dir[1]) > abs(row_dir[0]):  # stored with rows and columns swapped
+        hu = hu.transpose(0, 2, 1)
+        row_dir, col_dir, spacing = col_dir, row_dir, (spacing[1], spacing[0])
+    if row_dir[0] < 0:  # e.g. feet-first: columns run towards patient right
+        hu = hu[:, :, ::-1]
+    if col_dir[1] < 0:  # e.g. prone: rows run towards anterior
+        hu = hu[:, ::-1, :]
+    return np.ascontiguousarray(hu), spacing
+
+
+def _spacing_warnings(z_mm: npt.NDArray[np.float64]) -> list[str]:
+    if len(z_mm) < 3:
+        return []
+    steps = np.diff(z_mm)
+    median = float(np.median(steps))
+    warnings = []
+    gaps = np.flatnonzero(steps > GAP_FACTOR * median)
+    if len(gaps):
+        worst = int(gaps[np.argmax(steps[gaps])])
+        warnings.append(
+            f"{len(gaps)} gap(s) larger than {GAP_FACTOR}× the median slice spacing "
+            f"{median:.2f} mm (largest {steps[worst]:.2f} mm between z = {z_mm[worst]:.1f} and "
+            f"{z_mm[worst + 1]:.1f} mm); slices kept at their true positions"
+        )
+    if steps.max() - steps.min() > 0.01 * median:
+        warnings.append(
+            f"non-uniform slice spacing {steps.min():.2f}–{steps.max():.2f} mm "
+            f"(median {median:.2f} mm)"
+        )
+    return warnings
