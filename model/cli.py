@@ -42,6 +42,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--phantom-variants", type=int, default=0,
+                   help="add N synthetic whole-body CTs per ICRP phantom to the training set")
+    p.add_argument("--phantom-dir", type=Path, default=None,
+                   help="folder of the ICRP phantoms (default ../shared/data/phantoms)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -54,12 +58,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     entries = entries_from_paths(inputs) + entries_from_paths(args.val, split="val")
     train_v = load_train_volumes([e for e in entries if e.split == "train"], args.cache)
     val_v = load_train_volumes([e for e in entries if e.split == "val"], args.cache)
+    if args.phantom_variants:
+        from model.phantom import synthetic_volumes
+
+        phantom_dir = args.phantom_dir or shared_data_dir() / "phantoms"
+        train_v += synthetic_volumes(phantom_dir, args.phantom_variants, seed=args.seed)
     cfg = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         volumes_per_batch=args.volumes_per_batch, slices_per_volume=args.slices_per_volume,
         delta_h_min_mm=args.delta_h[0], delta_h_max_mm=args.delta_h[1], loss=args.loss,
         beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
         augment=not args.no_augment, threads=args.threads,
+        extra={"phantom_variants": str(args.phantom_variants)},
     )
     log.info("training on %d volumes, validating on %d", len(train_v), len(val_v))
     net = train(train_v, val_v, cfg, args.out, resume=args.resume)
@@ -117,6 +127,58 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="landmark reference table, LMSE, accuracy, monotonicity")
+    p.add_argument("weights", type=Path, nargs="?", default=DEFAULT_WEIGHTS,
+                   help="bpr_model.pt (with its .json) or a training checkpoint")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="CSV of volumes (default ../shared/data/manifest.csv)")
+    p.add_argument("--only", default="", help="evaluate only ids containing this text")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="use the score scale of the model metadata instead of fitting it")
+    p.add_argument("--write-meta", action="store_true",
+                   help="store scale, reference table and statistics in the weights' JSON")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="JSON report of another model: z-test of the LMSE (eq. 4.16)")
+    p.add_argument("--json", type=Path, help="write the report as JSON here")
+    p.add_argument("--markdown", type=Path, help="write the report as Markdown here")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from model.calibration import model_statistics, write_calibration
+    from model.evaluate import evaluate, load_regressor, read_manifest, z_test
+    from model.predict import write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    manifest = args.manifest or shared_data_dir() / "manifest.csv"
+    items = [i for i in read_manifest(manifest) if args.only in i.name]
+    regressor = load_regressor(args.weights)
+    report = evaluate(regressor, items, calibrate_scale=not args.no_calibrate)
+    document = report.to_dict()
+    print(report.to_markdown())
+    if args.compare:
+        other = json.loads(args.compare.read_text())["lmse"]
+        t, p = z_test(report.lmse, (other["mean"], other["se"]))
+        document["comparison"] = {"other": str(args.compare), "z": t, "p": p}
+        print(f"z-test against {args.compare}: z = {t:.2f}, p = {p:.3g}"
+              f" ({'significant' if p < 0.05 else 'not significant'} at 5 %)")
+    if args.json:
+        write_json(document, args.json)
+    if args.markdown:
+        args.markdown.write_text(report.to_markdown())
+    if args.write_meta:
+        stats = model_statistics(regressor, report)
+        meta_path = write_calibration(args.weights, report, stats)
+        print(f"wrote calibration and statistics to {meta_path}")
+    print(f"{len(items)} volumes in {report.seconds:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bpr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bpr {__version__}")
@@ -124,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_predict(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -35,6 +35,7 @@ class TrainVolume:
     slices: np.ndarray  # (n, S, S) float16 in [-1, 1]
     z_mm: np.ndarray  # (n,) float64, increasing
     group: str  # used to balance sampling between collections
+    weight: float = 1.0  # extra sampling factor (synthetic data is down-weighted)
 
     @property
     def z_spacing_mm(self) -> float:

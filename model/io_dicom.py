@@ -58,11 +58,23 @@ class DicomReadResult:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class _PixelSource:
+    """The one read of a file, shared by its frames until its pixels are copied out."""
+
+    #: Full data set, pixel bytes still undecoded; None once decoded (frees the bytes and
+    #: pydicom's cached decoded array) or when the full read failed.
+    dataset: Dataset | None
+    #: Why the full read failed: reported only if one of the file's frames is selected.
+    error: str | None = None
+
+
 @dataclass
 class _Frame:
     """Geometry and rescale of one 2D image: a single-frame file or one frame of a multi-frame."""
 
     path: Path
+    pixels: _PixelSource
     frame: int  # index into the file's pixel array (0 for single-frame files)
     sop_uid: str
     instance: int
@@ -126,15 +138,24 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
     series: dict[str, list[_Frame]] = defaultdict(list)
     uids: dict[str, str | None] = {}
     for path in paths:
+        # Read each file once, pixel bytes included (decoding waits for .pixel_array): the
+        # kept data set serves both grouping and assembly.
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except _READ_ERRORS as exc:
-            result.errors.append(f"{path}: not a readable DICOM file ({exc})")
-            continue
+            ds = pydicom.dcmread(path)
+            pixels = _PixelSource(ds)
+        except _DECODE_ERRORS as full_exc:
+            # A file cut inside its pixel data still has a usable header: group it by that
+            # and report the pixels as undecodable only if its slices are selected.
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except _READ_ERRORS as exc:
+                result.errors.append(f"{path}: not a readable DICOM file ({exc})")
+                continue
+            pixels = _PixelSource(None, f"{path}: pixel data could not be decoded ({full_exc})")
         if _sop_class(ds) == _MEDIA_STORAGE_DIRECTORY:
             continue
         try:
-            frames = _frames(path, ds)
+            frames = _frames(path, pixels, ds)
         except CTInputError as exc:
             result.errors.append(f"{path}: {exc}")
             continue
@@ -146,7 +167,9 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
         key = uid or f"{path.parent}\0{ds.get('FrameOfReferenceUID', '')}"
         series[key].extend(frames)
         uids[key] = uid
-    for key, frames in series.items():
+    for key in list(series):
+        # Popped so each series' data sets are released once it is assembled.
+        frames = series.pop(key)
         try:
             result.volumes.append(_assemble(uids[key], frames, result.errors))
         except CTInputError as exc:
@@ -170,7 +193,7 @@ def _vector(item: Dataset | None, keyword: str, size: int) -> Vector:
     return vec
 
 
-def _frames(path: Path, ds: Dataset) -> list[_Frame]:
+def _frames(path: Path, pixels: _PixelSource, ds: Dataset) -> list[_Frame]:
     """Header of one file as 2D frames; raises CTInputError with the reason."""
     sop_class, modality = _sop_class(ds), str(ds.get("Modality", ""))
     if sop_class not in CT_SOP_CLASSES or modality not in ("CT", ""):
@@ -220,6 +243,7 @@ def _frames(path: Path, ds: Dataset) -> list[_Frame]:
         frames.append(
             _Frame(
                 path=path,
+                pixels=pixels,
                 frame=index,
                 sop_uid=sop_uid,
                 instance=instance,
@@ -307,31 +331,30 @@ def _assemble(uid: str | None, frames: list[_Frame], errors: list[str]) -> CTVol
         warnings.append("slice order along the slice normal disagrees with z; ordered by z")
     frames = [frames[i] for i in np.argsort(z, kind="stable")]
 
-    stored: dict[Path, tuple[npt.NDArray[np.generic], int | None]] = {}
-    for path in dict.fromkeys(f.path for f in frames):
-        try:
-            ds = pydicom.dcmread(path)
-            padding = ds.get("PixelPaddingValue")
-            stored[path] = (
-                ds.pixel_array.reshape(-1, *ref.shape),
-                None if padding is None else int(padding),
-            )
-        except _DECODE_ERRORS as exc:
-            errors.append(f"{path}: pixel data could not be decoded ({exc})")
-    frames = [f for f in frames if f.path in stored and f.frame < len(stored[f.path][0])]
-    if not frames:
+    # Decode straight into the final float32 array (no per-slice copies and no stack), laid
+    # out canonically so that feet-first, prone or transposed series need no second copy.
+    swap, flip_cols, flip_rows = _in_plane_flips(ref.row_dir, ref.col_dir)
+    rows, cols = ref.shape
+    hu: FloatArray = np.empty((len(frames), *((cols, rows) if swap else (rows, cols))), np.float32)
+    as_stored = _stored_view(hu, swap, flip_cols, flip_rows)
+    by_file: dict[Path, list[int]] = {}
+    for slot, f in enumerate(frames):
+        by_file.setdefault(f.path, []).append(slot)
+    # Sequential on purpose: a 2-thread pool gave no gain (pydicom's decode is mostly
+    # GIL-bound Python, even for JPEG 2000), so it was not worth the complexity.
+    filled: list[int] = []
+    for slots in by_file.values():
+        done, error = _decode_into([frames[i] for i in slots], slots, as_stored)
+        filled.extend(done)
+        if error is not None:
+            errors.append(error)
+    if not filled:
         raise CTInputError(f"{label}: no slice could be decoded")
-    planes = []
-    for f in frames:
-        raw, padding = stored[f.path][0][f.frame], stored[f.path][1]
-        plane = raw.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
-        if padding is not None:
-            # Padding marks pixels outside the reconstruction circle, not a measured value;
-            # read it as air like the training data.
-            plane[raw == padding] = PADDING_HU
-        planes.append(plane)
-    hu: FloatArray = np.stack(planes)
-    hu, spacing = _canonical_in_plane(hu, ref.row_dir, ref.col_dir, ref.spacing)
+    if len(filled) < len(frames):
+        keep = np.sort(np.array(filled))
+        hu = hu[keep]
+        frames = [frames[i] for i in keep]
+    spacing = (ref.spacing[1], ref.spacing[0]) if swap else ref.spacing
     z_mm = np.array([f.centre[2] for f in frames], dtype=np.float64)
     if len(z_mm) > 1 and not np.all(np.diff(z_mm) > 0):
         raise CTInputError(f"{label}: slice centres are not distinct along z")
@@ -347,18 +370,60 @@ def _assemble(uid: str | None, frames: list[_Frame], errors: list[str]) -> CTVol
     )
 
 
-def _canonical_in_plane(
-    hu: FloatArray, row_dir: Vector, col_dir: Vector, spacing: tuple[float, float]
-) -> tuple[FloatArray, tuple[float, float]]:
-    """Flip/transpose so columns run towards +x (patient left) and rows towards +y (posterior)."""
-    if abs(row_dir[1]) > abs(row_dir[0]):  # stored with rows and columns swapped
-        hu = hu.transpose(0, 2, 1)
-        row_dir, col_dir, spacing = col_dir, row_dir, (spacing[1], spacing[0])
-    if row_dir[0] < 0:  # e.g. feet-first: columns run towards patient right
-        hu = hu[:, :, ::-1]
-    if col_dir[1] < 0:  # e.g. prone: rows run towards anterior
+def _decode_into(
+    frames: list[_Frame], slots: list[int], out: FloatArray
+) -> tuple[list[int], str | None]:
+    """Decode one file, write its ``frames`` as HU into ``out[slots]``; slots filled, error."""
+    source = frames[0].pixels
+    # Dropped before decoding so the pixel bytes and pydicom's cached decoded array are
+    # freed as soon as this file is copied out, not when the whole read ends.
+    ds, source.dataset = source.dataset, None
+    if ds is None:
+        return [], source.error
+    try:
+        stored = ds.pixel_array.reshape(-1, *frames[0].shape)
+        padding_value = ds.get("PixelPaddingValue")
+        padding = None if padding_value is None else int(padding_value)
+    except _DECODE_ERRORS as exc:
+        return [], f"{frames[0].path}: pixel data could not be decoded ({exc})"
+    done = []
+    for f, slot in zip(frames, slots, strict=True):
+        if f.frame >= len(stored):
+            continue
+        raw, plane = stored[f.frame], out[slot]
+        # dtype=float32 computes in float32 like astype(float32) * slope + intercept did, so
+        # HU are bit-identical (int32 pixels would otherwise be multiplied in float64).
+        np.multiply(raw, np.float32(f.slope), out=plane, dtype=np.float32, casting="unsafe")
+        plane += np.float32(f.intercept)
+        if padding is not None:
+            # Padding marks pixels outside the reconstruction circle, not a measured value;
+            # read it as air like the training data.
+            plane[raw == padding] = PADDING_HU
+        done.append(slot)
+    return done, None
+
+
+def _in_plane_flips(row_dir: Vector, col_dir: Vector) -> tuple[bool, bool, bool]:
+    """(transpose, flip columns, flip rows) that bring stored pixels to the canonical layout.
+
+    Canonical: columns run towards +x (patient left) and rows towards +y (posterior).
+    """
+    swap = abs(row_dir[1]) > abs(row_dir[0])  # stored with rows and columns swapped
+    if swap:
+        row_dir, col_dir = col_dir, row_dir
+    # e.g. feet-first: columns run towards patient right; prone: rows run towards anterior.
+    return bool(swap), bool(row_dir[0] < 0), bool(col_dir[1] < 0)
+
+
+def _stored_view(hu: FloatArray, swap: bool, flip_cols: bool, flip_rows: bool) -> FloatArray:
+    """View of canonical ``hu`` indexed like the stored pixels (undoes the flips in reverse)."""
+    if flip_rows:
         hu = hu[:, ::-1, :]
-    return np.ascontiguousarray(hu), spacing
+    if flip_cols:
+        hu = hu[:, :, ::-1]
+    if swap:
+        hu = hu.transpose(0, 2, 1)
+    return hu
 
 
 def _spacing_warnings(z_mm: npt.NDArray[np.float64]) -> list[str]:

@@ -66,14 +66,20 @@ def preprocess_slices(
     out_h = max(1, round(rows * pixel_spacing_mm[0] / spacing_mm))
     out_w = max(1, round(cols * pixel_spacing_mm[1] / spacing_mm))
     result = np.empty((n, size, size), dtype=np.float32)
+    scale = 2.0 / (HU_MAX - HU_MIN)
+    buffer = torch.empty((min(n, CHUNK_SLICES), rows, cols), dtype=torch.float32)
     with torch.no_grad():
         for start in range(0, n, CHUNK_SLICES):
             chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + CHUNK_SLICES]))
-            x = hu_to_unit(chunk.to(torch.float32)).unsqueeze(1)
+            # In place on a reused buffer: full-size temporaries of a 512² series cost more
+            # in page faults than the arithmetic itself.
+            x = buffer[: len(chunk)]
+            x.copy_(chunk).clamp_(HU_MIN, HU_MAX).sub_(HU_MIN).mul_(scale).sub_(1.0)
+            x4 = x.unsqueeze(1)
             if (out_h, out_w) != (rows, cols):
                 # antialias=True widens the triangle filter when downsampling, so fine
                 # in-plane detail does not alias into the coarse network grid.
-                x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", antialias=True,
-                                  align_corners=False).clamp_(-1.0, 1.0)
-            result[start : start + CHUNK_SLICES] = _crop_or_pad(x[:, 0], size).numpy()
+                x4 = F.interpolate(x4, size=(out_h, out_w), mode="bilinear", antialias=True,
+                                   align_corners=False).clamp_(-1.0, 1.0)
+            result[start : start + CHUNK_SLICES] = _crop_or_pad(x4[:, 0], size).numpy()
     return result

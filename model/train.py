@@ -62,7 +62,8 @@ def _balanced_weights(volumes: list[TrainVolume]) -> np.ndarray:
     counts: dict[str, int] = {}
     for v in volumes:
         counts[v.group] = counts.get(v.group, 0) + 1
-    w = np.array([(v.z_mm[-1] - v.z_mm[0] + 1.0) / math.sqrt(counts[v.group]) for v in volumes])
+    w = np.array([v.weight * (v.z_mm[-1] - v.z_mm[0] + 1.0) / math.sqrt(counts[v.group])
+                  for v in volumes])
     weights: np.ndarray = w / w.sum()
     return weights
 

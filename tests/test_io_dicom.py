@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import shrink, write_ct_series, write_enhanced_ct, write_localizer
 from pydicom.uid import (
     JPEG2000Lossless,
     LegacyConvertedEnhancedCTImageStorage,
@@ -18,9 +17,11 @@ from pydicom.uid import (
 
 from model.io_dicom import DicomReadResult, read_dicom_folder, read_dicom_series
 from model.io_nifti import read_nifti
+from model.paths import shared_data_dir
 from model.volume import CTVolume
+from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct, write_localizer
 
-DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
+DATA = shared_data_dir()
 pytestmark = pytest.mark.skipif(
     not DATA.is_dir(), reason=f"shared CT data not found at {DATA} (read in place, never copied)"
 )

@@ -1,0 +1,61 @@
+"""Store what evaluation measured in the model's metadata, for inference and post-processing.
+
+``bpr evaluate --write-meta`` fits the score scale on the training split's landmarks and
+records the reference table and the statistics that score post-processing needs, so no
+model constant lives in code (bpreg hard-codes e.g. its empty-slice score).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import preprocess
+from model.evaluate import EvaluationReport
+from model.inference import BodyPartRegressor, ModelMeta
+
+
+def empty_slice_raw_score(regressor: BodyPartRegressor) -> float:
+    """Network output for a slice of pure air (what an empty or padded slice scores)."""
+    air = np.full((1, preprocess.INPUT_SIZE, preprocess.INPUT_SIZE), preprocess.HU_MIN,
+                  dtype=np.float32)
+    slices = preprocess.preprocess_slices(air, (preprocess.PIXEL_SPACING_MM,) * 2)
+    return float(regressor.raw_scores(slices)[0])
+
+
+def model_statistics(regressor: BodyPartRegressor, report: EvaluationReport) -> dict[str, Any]:
+    """Empty-slice score and slope statistics on the calibrated scale.
+
+    Slopes (score per mm of a straight-line fit per volume) come from the reference split,
+    so validation volumes stay unseen by anything stored with the model.
+    """
+    slopes = np.array([v.slope_per_mm for v in report.volumes
+                       if v.split == report.reference_split and v.slope_per_mm is not None])
+    empty = report.score_scale * empty_slice_raw_score(regressor) + report.score_offset
+    stats: dict[str, Any] = {"empty_slice_score": round(empty, 4)}
+    if slopes.size:
+        stats["slope_per_mm"] = {
+            "n": int(slopes.size), "mean": float(slopes.mean()), "sd": float(slopes.std(ddof=1)),
+            "q05": float(np.quantile(slopes, 0.05)), "median": float(np.median(slopes)),
+            "q95": float(np.quantile(slopes, 0.95)),
+        }
+    stats["validation"] = {"lmse_mean": report.lmse.mean, "lmse_se": report.lmse.se,
+                           "lmse_n": report.lmse.n, "accuracy": report.accuracy.accuracy}
+    return stats
+
+
+def write_calibration(weights: Path, report: EvaluationReport, stats: dict[str, Any]) -> Path:
+    """Update the JSON beside ``weights`` with scale, reference table and statistics."""
+    meta_path = weights.with_suffix(".json")
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path}: export the model first (bpr train writes it)")
+    meta = ModelMeta.read(meta_path)
+    meta.score_scale = report.score_scale
+    meta.score_offset = report.score_offset
+    meta.reference_table = {r.name: round(r.reference_mean, 3) for r in report.landmarks
+                            if r.n_train and r.reference_mean is not None}
+    meta.statistics = stats
+    meta.write(meta_path)
+    return meta_path

@@ -1,0 +1,67 @@
+"""``bpr predict`` end to end with the shipped model on NIfTI and raw DICOM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from model.cli import main
+
+
+def _strict_load(path: Path) -> dict[str, Any]:
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    doc: dict[str, Any] = json.loads(path.read_text(), parse_constant=refuse)
+    return doc
+
+
+def test_predict_nifti_writes_strict_json_with_rising_scores(shared_data: Path,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "lidc.json"
+    assert main(["predict", str(shared_data / "ct" / "lidc_0003.nii.gz"), "--out", str(out)]) == 0
+    doc = _strict_load(out)
+    n = doc["input"]["n_slices"]
+    assert len(doc["patient_z_mm"]) == len(doc["slice_scores"]) == len(doc["z"]) == n
+    assert doc["unprocessed slice scores"] == doc["slice_scores"]
+    assert np.all(np.diff(doc["patient_z_mm"]) > 0)
+    assert spearmanr(doc["slice_scores"], doc["patient_z_mm"])[0] > 0.98
+    assert doc["model"]["version"].startswith("ssbr-")
+
+
+def test_predict_tilted_ge_head_series(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ge.json"
+    assert main(["predict", str(shared_data / "dicom" / "dcm_qa_ct_ge_head_tilt"),
+                 "--out", str(out)]) == 0
+    doc = _strict_load(out)
+    z = np.array(doc["patient_z_mm"])
+    assert len(z) == 28
+    steps = np.round(np.diff(z), 2)
+    assert np.isclose(steps, 4.22, atol=0.02).sum() == 13  # positions of the tilted centres
+    assert any("tilt" in w for w in doc["input"]["warnings"])
+    scores = np.array(doc["slice_scores"])
+    assert spearmanr(scores, z)[0] > 0.9
+    assert scores.mean() > 75  # a head scan scores above the lung apex on the reference scale
+
+
+def test_batch_goes_on_after_bad_inputs(shared_data: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "in" / "junk.dcm"
+    junk.parent.mkdir()
+    junk.write_bytes(b"DICM but not really")
+    out = tmp_path / "out"
+    code = main(["predict", str(shared_data / "ct" / "openkbp_pt_2.nii.gz"),
+                 str(shared_data / "dicom" / "totalseg_example_ct_dicom"), str(junk.parent),
+                 str(tmp_path / "missing.nii.gz"), "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "junk.dcm" in err and "missing.nii.gz" in err
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 2 and "openkbp_pt_2.json" in written
+    for p in out.iterdir():
+        _strict_load(p)
