@@ -1,0 +1,94 @@
+"""The shipped model on the validation split: scores rise with z, landmarks land where expected.
+
+Thresholds are the model card's measured figures with a margin, so a retrained or broken
+model that is clearly worse fails here. Known shortfalls are strict xfails: they start
+failing (XPASS) the day a model fixes them, so the card and these tests get updated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from model.evaluate import (
+    EvalItem,
+    LandmarkReference,
+    VolumeScores,
+    read_manifest,
+    score_items,
+    volume_lmse,
+)
+from model.inference import BodyPartRegressor
+from model.paths import DEFAULT_WEIGHTS
+
+#: Whole-body-section validation volumes must rank their slices at least this well.
+MIN_SPEARMAN = 0.98
+#: Pelvic-Ref-002 reaches 0.972: the thighs below the femoral heads rank poorly.
+MIN_SPEARMAN_PELVIS = 0.95
+#: Mean landmark MSE over validation volumes with landmarks (calibrated scale; card: 2.16).
+MAX_VAL_LMSE = 3.5
+
+
+def _is_limb_crop(name: str) -> bool:
+    """IBSI sarcoma crops: 13–30 cm field of view around a limb or girdle tumour."""
+    return name.startswith("ibsi_sts_")
+
+
+@pytest.fixture(scope="module")
+def regressor() -> BodyPartRegressor:
+    return BodyPartRegressor.load(DEFAULT_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def val_scores(shared_data: Path, regressor: BodyPartRegressor) -> list[VolumeScores]:
+    items: list[EvalItem] = [i for i in read_manifest(shared_data / "manifest.csv")
+                             if i.split == "val"]
+    return score_items(regressor, items)
+
+
+def _rho(v: VolumeScores) -> float:
+    return float(spearmanr(v.raw[v.occupied], v.z_mm[v.occupied])[0])
+
+
+def test_shipped_model_is_small_and_calibrated(regressor: BodyPartRegressor) -> None:
+    assert DEFAULT_WEIGHTS.stat().st_size < 20e6
+    ref = regressor.meta.reference_table
+    assert ref["lung_bottom"] == pytest.approx(44.1, abs=0.01)
+    assert ref["lung_top"] == pytest.approx(75.4, abs=0.01)
+    assert "empty_slice_score" in regressor.meta.statistics
+
+
+def test_validation_scores_rise_with_z(val_scores: list[VolumeScores]) -> None:
+    checked = [v for v in val_scores if not _is_limb_crop(v.name)]
+    assert len(checked) == 15
+    for v in checked:
+        floor = MIN_SPEARMAN_PELVIS if v.name.startswith("pelvicref") else MIN_SPEARMAN
+        assert _rho(v) > floor, f"{v.name}: Spearman ρ {_rho(v):.3f} ≤ {floor}"
+
+
+def test_validation_landmark_error(regressor: BodyPartRegressor,
+                                   val_scores: list[VolumeScores]) -> None:
+    reference = {k: LandmarkReference(n=1, mean=v, sd=None)
+                 for k, v in regressor.meta.reference_table.items()}
+    scale, offset = regressor.meta.score_scale, regressor.meta.score_offset
+    lmses = [lmse for v in val_scores
+             if (lmse := volume_lmse(v.landmark_scores(scale, offset), reference)) is not None]
+    assert len(lmses) == 15
+    assert float(np.mean(lmses)) < MAX_VAL_LMSE
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: limb crops are not ordered (card)")
+def test_limb_crops_rise_with_z(val_scores: list[VolumeScores]) -> None:
+    assert all(_rho(v) > MIN_SPEARMAN for v in val_scores if _is_limb_crop(v.name))
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: limb crops score like the neck (card)")
+def test_limb_crops_score_below_the_chest(regressor: BodyPartRegressor,
+                                          val_scores: list[VolumeScores]) -> None:
+    lung_bottom = regressor.meta.reference_table["lung_bottom"]
+    for v in val_scores:
+        if _is_limb_crop(v.name):
+            assert np.median(regressor.to_reference_scale(v.raw)) < lung_bottom, v.name
