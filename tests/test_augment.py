@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import torch
 
 from model.augment import AugmentConfig, augment
@@ -10,6 +13,13 @@ from model.augment import AugmentConfig, augment
 def _batch() -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
     return torch.rand(16, 1, 64, 64, generator=g) * 2 - 1
+
+
+def _only(**enabled: Any) -> AugmentConfig:
+    """A config with every augmentation off except ``enabled``."""
+    off = AugmentConfig(noise_p=0, blur_p=0, scale_limit=0, rotate_limit_deg=0, flip_p=0,
+                        transpose_p=0, contrast_p=0, brightness_p=0, frame_p=0)
+    return replace(off, **enabled)
 
 
 def test_same_seed_same_output() -> None:
@@ -32,49 +42,19 @@ def test_each_slice_gets_its_own_transform() -> None:
 
 
 def test_identity_when_everything_is_off() -> None:
-    off = AugmentConfig(
-        noise_p=0,
-        blur_p=0,
-        scale_limit=0,
-        rotate_limit_deg=0,
-        flip_p=0,
-        transpose_p=0,
-        contrast_p=0,
-        brightness_p=0,
-        frame_p=0,
-    )
+    off = _only()
     x = _batch()
     assert torch.allclose(augment(x, torch.Generator().manual_seed(0), off), x, atol=1e-5)
 
 
 def test_frame_sets_the_outside_of_a_circle_to_air() -> None:
-    only_frame = AugmentConfig(
-        noise_p=0,
-        blur_p=0,
-        scale_limit=0,
-        rotate_limit_deg=0,
-        flip_p=0,
-        transpose_p=0,
-        contrast_p=0,
-        brightness_p=0,
-        frame_p=1.0,
-    )
+    only_frame = _only(frame_p=1.0)
     y = augment(torch.ones(4, 1, 64, 64), torch.Generator().manual_seed(0), only_frame)
     assert torch.all(y[:, :, 0, 0] == -1) and torch.all(y[:, :, 32, 32] == 1)
 
 
 def test_transpose_and_flip_are_exact_permutations() -> None:
-    flips = AugmentConfig(
-        noise_p=0,
-        blur_p=0,
-        scale_limit=0,
-        rotate_limit_deg=0,
-        flip_p=1.0,
-        transpose_p=1.0,
-        contrast_p=0,
-        brightness_p=0,
-        frame_p=0,
-    )
+    flips = _only(flip_p=1.0, transpose_p=1.0)
     x = _batch()
     y = augment(x, torch.Generator().manual_seed(0), flips)
     # A permutation of pixels keeps the sorted values (up to interpolation round-off).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,12 +36,7 @@ from model.inference import BodyPartRegressor, ModelMeta, SliceScores
 from model.landmarks import lung_landmarks_from_ct
 from model.network import SliceScoreNet
 from model.volume import CTVolume
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (DATA / "manifest.csv").exists(),
-    reason=f"real CT data not found at {DATA} (read in place, never copied into the repo)",
-)
+from tests.shared import DATA, needs_data
 
 
 def _ref(**means: float) -> dict[str, LandmarkReference]:

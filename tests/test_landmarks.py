@@ -20,13 +20,7 @@ from model.landmarks import (
     volume_landmarks,
 )
 from model.volume import CTVolume
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (DATA / "manifest.csv").exists(),
-    reason=f"real CT data not found at {DATA} (read in place, never copied into the repo)",
-)
-
+from tests.shared import DATA, needs_data
 
 # --- label maps ---------------------------------------------------------------------------
 
