@@ -7,14 +7,20 @@ model constant lives in code (bpreg hard-codes e.g. its empty-slice score).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from model import preprocess
-from model.evaluate import EvaluationReport
+from model.analysis import postprocessing_statistics
+from model.evaluate import EvaluationReport, VolumeScores
 from model.inference import BodyPartRegressor, ModelMeta
+from model.postprocess import curves_from_volume_scores
+
+log = logging.getLogger(__name__)
 
 
 def empty_slice_raw_score(regressor: BodyPartRegressor) -> float:
@@ -25,22 +31,25 @@ def empty_slice_raw_score(regressor: BodyPartRegressor) -> float:
     return float(regressor.raw_scores(slices)[0])
 
 
-def model_statistics(regressor: BodyPartRegressor, report: EvaluationReport) -> dict[str, Any]:
-    """Empty-slice score and slope statistics on the calibrated scale.
+def model_statistics(regressor: BodyPartRegressor, report: EvaluationReport,
+                     volumes: Sequence[VolumeScores]) -> dict[str, Any]:
+    """Empty-slice score and post-processing statistics on the calibrated scale.
 
-    Slopes (score per mm of a straight-line fit per volume) come from the reference split,
-    so validation volumes stay unseen by anything stored with the model.
+    Curve statistics (tangential-slope quantiles, mean slope, slope-ratio range) come from
+    the reference split only, so validation volumes stay unseen by anything stored with
+    the model.
     """
-    slopes = np.array([v.slope_per_mm for v in report.volumes
-                       if v.split == report.reference_split and v.slope_per_mm is not None])
     empty = report.score_scale * empty_slice_raw_score(regressor) + report.score_offset
     stats: dict[str, Any] = {"empty_slice_score": round(empty, 4)}
-    if slopes.size:
-        stats["slope_per_mm"] = {
-            "n": int(slopes.size), "mean": float(slopes.mean()), "sd": float(slopes.std(ddof=1)),
-            "q05": float(np.quantile(slopes, 0.05)), "median": float(np.median(slopes)),
-            "q95": float(np.quantile(slopes, 0.95)),
-        }
+    curves = curves_from_volume_scores(volumes, report.score_scale, report.score_offset,
+                                       split=report.reference_split)
+    try:
+        stats.update(postprocessing_statistics(curves,
+                                               empty_slice_score=stats["empty_slice_score"]))
+    except ValueError as exc:
+        # Too few usable training curves: analysis then falls back to documented defaults
+        # and says so in every result's warnings.
+        log.warning("no post-processing statistics stored: %s", exc)
     stats["validation"] = {"lmse_mean": report.lmse.mean, "lmse_se": report.lmse.se,
                            "lmse_n": report.lmse.n, "accuracy": report.accuracy.accuracy}
     return stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -150,7 +151,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from model.calibration import model_statistics, write_calibration
-    from model.evaluate import evaluate, load_regressor, read_manifest, z_test
+    from model.evaluate import (
+        evaluate_scores,
+        load_regressor,
+        read_manifest,
+        score_items,
+        z_test,
+    )
     from model.predict import write_json
 
     if args.threads:
@@ -158,7 +165,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     manifest = args.manifest or shared_data_dir() / "manifest.csv"
     items = [i for i in read_manifest(manifest) if args.only in i.name]
     regressor = load_regressor(args.weights)
-    report = evaluate(regressor, items, calibrate_scale=not args.no_calibrate)
+    start = time.perf_counter()
+    volumes = score_items(regressor, items)
+    meta = regressor.meta
+    report = evaluate_scores(volumes, model_version=meta.version, scale_offset=None
+                             if not args.no_calibrate else (meta.score_scale, meta.score_offset))
+    report.seconds = time.perf_counter() - start
     document = report.to_dict()
     print(report.to_markdown())
     if args.compare:
@@ -172,7 +184,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.markdown:
         args.markdown.write_text(report.to_markdown())
     if args.write_meta:
-        stats = model_statistics(regressor, report)
+        stats = model_statistics(regressor, report, volumes)
         meta_path = write_calibration(args.weights, report, stats)
         print(f"wrote calibration and statistics to {meta_path}")
     print(f"{len(items)} volumes in {report.seconds:.1f} s")

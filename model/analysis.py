@@ -1,0 +1,445 @@
+"""Meaning from the score curve: the one call the DICOM node makes per series.
+
+:func:`analyze` scores a :class:`~model.volume.CTVolume`, cleans the curve
+(:mod:`model.postprocess`), runs the sanity checks (:mod:`model.sanity`) and derives the
+body regions, the thesis tag and the DICOM BodyPartExamined term (:mod:`model.bodypart`).
+:meth:`BodyPartResult.to_json_dict` gives strict JSON (no NaN) with bpreg's keys of
+thesis table 4.7 plus ours; ``model/schema/bpr-result.schema.json`` describes it.
+
+:func:`postprocessing_statistics` measures, on training curves, what the model JSON must
+carry for this: ``tangential_slope``, ``slope_per_mm`` and ``slope_ratio_threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from typing import Any, TypeGuard
+
+import numpy as np
+import numpy.typing as npt
+
+from model import preprocess
+from model.bodypart import (
+    MIN_LEGS_MM,
+    Z_RANGE_THRESHOLD_MM,
+    DicomTerm,
+    LandmarkScore,
+    RegionRange,
+    TagResult,
+    body_part_examined_dict,
+    body_part_examined_tag,
+    describe_boundaries,
+    dicom_term_for_regions,
+    landmark_table,
+    scores_table_dict,
+    tag_regions_with_legs,
+)
+from model.inference import BodyPartRegressor, SliceScores
+from model.postprocess import (
+    CleanedScores,
+    IntVector,
+    PostprocessSettings,
+    ScoreCurve,
+    body_pixel_counts,
+    clean_scores,
+    cleaned_curves,
+    fitted_slope,
+    tangential_slope_quantiles,
+)
+from model.sanity import (
+    DEFAULT_SLOPE_RATIO_THRESHOLD,
+    Anomaly,
+    DiscontinuitySettings,
+    Severity,
+    SlopeCheck,
+    calibrate_slope_ratio_range,
+    calibrate_slope_threshold,
+    check_slope,
+    ct_content_anomaly,
+    discontinuity_anomalies,
+    find_discontinuities,
+    no_body_anomaly,
+    ratio_range_from_threshold,
+    scope_anomaly,
+    slope_anomalies,
+    slope_statistics,
+    typical_slopes,
+)
+from model.volume import CTVolume
+
+#: Version of the JSON layout of :meth:`BodyPartResult.to_json_dict` (1 is model.predict's
+#: scores-only document).
+SCHEMA_VERSION = 2
+#: bpreg's mean slope (score per mm); our scale matches bpreg's at the lungs, so it is the
+#: fallback expected slope when the model JSON has none.
+DEFAULT_EXPECTED_SLOPE = 0.118
+MODEL_NAME = "bpr-node SliceScoreNet"
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Everything :func:`analyze` can be told; defaults follow the thesis.
+
+    Attributes
+    ----------
+    postprocess : PostprocessSettings
+        Cleaning of the score curve.
+    region_boundaries : mapping, optional
+        Region → (start landmark, end landmark) overriding table 4.6.
+    z_range_threshold_mm : float
+        Shorter volumes get the per-slice majority tag (fig. 4.9).
+    min_legs_mm : float
+        Length of leg slices for the legs to enter the DICOM term.
+    slope_ratio_range : (float, float), optional
+        Valid range of |slope ratio| for the z-spacing check; None takes the model's.
+    slope_ratio_threshold : float, optional
+        The thesis' θ (valid range 1 ± θ), used when no range is given; None takes the
+        model's.
+    discontinuity : DiscontinuitySettings
+        Break detection.
+    check_content : bool
+        Run the HU plausibility check on the image.
+    """
+
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
+    region_boundaries: Mapping[str, tuple[str | None, str | None]] | None = None
+    z_range_threshold_mm: float = Z_RANGE_THRESHOLD_MM
+    min_legs_mm: float = MIN_LEGS_MM
+    slope_ratio_range: tuple[float, float] | None = None
+    slope_ratio_threshold: float | None = None
+    discontinuity: DiscontinuitySettings = field(default_factory=DiscontinuitySettings)
+    check_content: bool = True
+
+
+@dataclass(frozen=True)
+class BodyPartResult:
+    """Everything the score curve says about one series.
+
+    Per-slice tuples follow the volume's slice order (feet → head by patient z).
+    Scores are on the model's reference scale (pelvis start 0, eyes end 100).
+    """
+
+    identity: str
+    source: str
+    series_instance_uid: str | None
+    n_slices: int
+    pixel_spacing_mm: tuple[float, float]
+    input_warnings: tuple[str, ...]
+    patient_z_mm: tuple[float, ...]
+    unprocessed_scores: tuple[float, ...]
+    cleaned_scores: tuple[float | None, ...]
+    regions: Mapping[str, RegionRange | None]
+    body_part_examined: str | None
+    snomed: DicomTerm | None
+    term_regions: tuple[str, ...]
+    term_note: str
+    body_part_examined_tag: str
+    tag_method: str
+    reverse_z_ordering: bool | None
+    valid_z_spacing: bool | None
+    z_spacing_mm: float | None
+    expected_z_spacing_mm: float | None
+    observed_slope: float | None
+    expected_slope: float | None
+    slope_ratio: float | None
+    valid_slope_ratio_range: tuple[float, float]
+    anomalies: tuple[Anomaly, ...]
+    warnings: tuple[str, ...]
+    model_version: str
+    landmark_table: Mapping[str, LandmarkScore]
+    settings: Mapping[str, Any]
+
+    @property
+    def has_errors(self) -> bool:
+        """Whether an anomaly makes the body part result untrustworthy."""
+        return any(a.severity is Severity.ERROR for a in self.anomalies)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Strict-JSON document: bpreg's table 4.7 keys plus ours, null for missing values."""
+        z = self.patient_z_mm
+        cleaned = [_round(s) for s in self.cleaned_scores]
+        unprocessed = [_round(s) for s in self.unprocessed_scores]
+        snomed = None if self.snomed is None else {
+            "code": self.snomed.snomed_code, "scheme": self.snomed.scheme,
+            "meaning": self.snomed.snomed_meaning}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "input": {"source": self.source, "series_instance_uid": self.series_instance_uid,
+                      "n_slices": self.n_slices,
+                      "pixel_spacing_mm": list(self.pixel_spacing_mm),
+                      "warnings": list(self.input_warnings)},
+            "model": {"name": MODEL_NAME, "version": self.model_version},
+            "patient_z_mm": [_round(v, 3) for v in z],
+            "slice_scores": cleaned,
+            "body_part_examined": self.body_part_examined,
+            "body_part_examined_snomed": snomed,
+            "body_part_examined_tag": self.body_part_examined_tag,
+            "body_part_examined_detail": {"regions": list(self.term_regions),
+                                          "note": self.term_note,
+                                          "tag_method": self.tag_method},
+            "regions": {r: (v.to_dict() if v is not None else None)
+                        for r, v in self.regions.items()},
+            "reverse_z_ordering": self.reverse_z_ordering,
+            "valid_z_spacing": self.valid_z_spacing,
+            "expected_z_spacing": _round(self.expected_z_spacing_mm),
+            "anomalies": [a.to_dict() for a in self.anomalies],
+            "warnings": list(self.warnings),
+            "cleaned slice scores": cleaned,
+            "z": [_round(v - z[0], 3) for v in z] if z else [],
+            "unprocessed slice scores": unprocessed,
+            "body part examined": {r: (list(v.indices) if v is not None else [])
+                                   for r, v in self.regions.items()},
+            "body part examined tag": self.body_part_examined_tag,
+            "look-up table": scores_table_dict(self.landmark_table),
+            "reverse z-ordering": self.reverse_z_ordering,
+            "valid z-spacing": self.valid_z_spacing,
+            "expected slope": _round(self.expected_slope, 6),
+            "observed slope": _round(self.observed_slope, 6),
+            "slope ratio": _round(self.slope_ratio, 6),
+            "expected z-spacing": _round(self.expected_z_spacing_mm),
+            "z-spacing": _round(self.z_spacing_mm),
+            "settings": _jsonable(self.settings),
+        }
+
+
+def _round(x: float | None, ndigits: int = 4) -> float | None:
+    return round(float(x), ndigits) if x is not None and math.isfinite(x) else None
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain JSON values: tuples become lists, non-finite floats None."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# --- the call -----------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def default_regressor() -> BodyPartRegressor:
+    """The shipped model, loaded once per process."""
+    return BodyPartRegressor.load()
+
+
+def score_with_content(volume: CTVolume, regressor: BodyPartRegressor
+                       ) -> tuple[SliceScores, IntVector]:
+    """Slice scores and tissue pixels per slice from one preprocessing pass."""
+    slices = preprocess.preprocess_slices(volume.hu, volume.pixel_spacing_mm)
+    raw = regressor.raw_scores(slices)
+    scores = SliceScores(z_mm=volume.z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
+    return scores, body_pixel_counts(slices)
+
+
+def analyze(volume: CTVolume, regressor: BodyPartRegressor | None = None, *,
+            settings: AnalysisSettings | None = None) -> BodyPartResult:
+    """Score ``volume`` and interpret the curve.
+
+    Parameters
+    ----------
+    volume : CTVolume
+        One series.
+    regressor : BodyPartRegressor, optional
+        Default: the shipped model (:func:`default_regressor`).
+    settings : AnalysisSettings, optional
+
+    Returns
+    -------
+    BodyPartResult
+        ``body_part_examined`` is None when an error anomaly makes the result untrustworthy
+        or no region is found; ``anomalies`` says why.
+    """
+    settings = settings or AnalysisSettings()
+    regressor = regressor or default_regressor()
+    scored, body_pixels = score_with_content(volume, regressor)
+    return interpret(volume, scored, body_pixels, regressor, settings)
+
+
+def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike | None,
+              regressor: BodyPartRegressor, settings: AnalysisSettings) -> BodyPartResult:
+    """:func:`analyze` after scoring (for callers that already have the scores)."""
+    stats = regressor.meta.statistics
+    z = np.asarray(volume.z_mm, dtype=np.float64)
+    cleaned = clean_scores(z, scored.scores, body_pixels=body_pixels, statistics=stats,
+                           settings=settings.postprocess)
+    table = landmark_table(regressor.meta.reference_table)
+    expected, valid_range, warnings = _slope_parameters(stats, settings)
+    warnings = list(cleaned.warnings) + warnings
+    check = check_slope(z, cleaned.scores, expected, valid_range)
+    anomalies = _anomalies(volume, cleaned, check, table, settings)
+    regions = body_part_examined_dict(z, cleaned.scores, table, settings.region_boundaries)
+    tag = body_part_examined_tag(cleaned.scores, _z_range(z, cleaned), table,
+                                 valid_z_spacing=check.valid_z_spacing,
+                                 z_range_threshold_mm=settings.z_range_threshold_mm)
+    term, term_regions, note = _term(tag, regions, anomalies, settings)
+    return BodyPartResult(
+        identity=volume.identity, source=volume.source,
+        series_instance_uid=volume.series_instance_uid, n_slices=volume.n_slices,
+        pixel_spacing_mm=(float(volume.pixel_spacing_mm[0]),
+                          float(volume.pixel_spacing_mm[1])),
+        input_warnings=tuple(volume.warnings), patient_z_mm=tuple(float(v) for v in z),
+        unprocessed_scores=tuple(float(v) for v in cleaned.unprocessed),
+        cleaned_scores=tuple(float(v) if math.isfinite(v) else None for v in cleaned.scores),
+        regions=regions, body_part_examined=term.term if term else None, snomed=term,
+        term_regions=term_regions, term_note=note, body_part_examined_tag=tag.tag,
+        tag_method=tag.method, reverse_z_ordering=check.reverse_z_ordering,
+        valid_z_spacing=check.valid_z_spacing, z_spacing_mm=check.z_spacing_mm,
+        expected_z_spacing_mm=check.expected_z_spacing_mm,
+        observed_slope=check.observed_slope, expected_slope=check.expected_slope,
+        slope_ratio=check.slope_ratio, valid_slope_ratio_range=valid_range,
+        anomalies=tuple(anomalies), warnings=tuple(warnings),
+        model_version=regressor.meta.version, landmark_table=table,
+        settings=_settings_dict(settings, cleaned, stats, expected, valid_range),
+    )
+
+
+def _slope_parameters(stats: Mapping[str, Any], settings: AnalysisSettings
+                      ) -> tuple[float, tuple[float, float], list[str]]:
+    """Expected slope and valid |ratio| range: settings, else model, else bpreg's values."""
+    warnings = []
+    slope_stats = stats.get("slope_per_mm")
+    mean = slope_stats.get("mean") if isinstance(slope_stats, Mapping) else None
+    if _positive(mean):
+        expected = float(mean)
+    else:
+        expected = DEFAULT_EXPECTED_SLOPE
+        warnings.append(f"model has no slope_per_mm statistics; the z-spacing check uses "
+                        f"bpreg's expected slope {DEFAULT_EXPECTED_SLOPE} per mm")
+    return expected, _ratio_range(stats, settings, warnings), warnings
+
+
+def _ratio_range(stats: Mapping[str, Any], settings: AnalysisSettings,
+                 warnings: list[str]) -> tuple[float, float]:
+    if settings.slope_ratio_range is not None:
+        return settings.slope_ratio_range
+    if settings.slope_ratio_threshold is not None:
+        return ratio_range_from_threshold(settings.slope_ratio_threshold)
+    stored = stats.get("slope_ratio_range")
+    if isinstance(stored, Sequence) and len(stored) == 2 and all(map(_positive, stored)):
+        return float(stored[0]), float(stored[1])
+    threshold = stats.get("slope_ratio_threshold")
+    if _positive(threshold):
+        return ratio_range_from_threshold(float(threshold))
+    warnings.append(f"model has no slope_ratio_range or slope_ratio_threshold; the z-spacing "
+                    f"check uses bpreg's threshold {DEFAULT_SLOPE_RATIO_THRESHOLD}")
+    return ratio_range_from_threshold(DEFAULT_SLOPE_RATIO_THRESHOLD)
+
+
+def _positive(x: object) -> TypeGuard[float]:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def _anomalies(volume: CTVolume, cleaned: CleanedScores, check: SlopeCheck,
+               table: Mapping[str, LandmarkScore], settings: AnalysisSettings
+               ) -> list[Anomaly]:
+    found: list[Anomaly | None] = []
+    if settings.check_content:
+        found.append(ct_content_anomaly(volume.hu))
+    found.append(no_body_anomaly(cleaned))
+    if cleaned.kept.any():
+        scores = [v.score for v in table.values()]
+        found.append(scope_anomaly(cleaned, (min(scores), max(scores))))
+        found += slope_anomalies(check, cleaned.z_mm)
+        unprocessed = np.where(cleaned.empty, np.nan, cleaned.unprocessed)
+        found += discontinuity_anomalies(
+            find_discontinuities(cleaned.z_mm, unprocessed, settings.discontinuity))
+    return [a for a in found if a is not None]
+
+
+def _z_range(z: npt.NDArray[np.float64], cleaned: CleanedScores) -> float:
+    """Length of the scored part of the series: slice count × spacing, as in bpreg."""
+    kept = z[cleaned.kept]
+    if kept.size == 0:
+        return 0.0
+    spacing = float(np.median(np.diff(z))) if z.size > 1 else 0.0
+    return float(np.ptp(kept)) + spacing
+
+
+def _term(tag: TagResult, regions: Mapping[str, RegionRange | None],
+          anomalies: Sequence[Anomaly], settings: AnalysisSettings
+          ) -> tuple[DicomTerm | None, tuple[str, ...], str]:
+    errors = [a.code.value for a in anomalies if a.severity is Severity.ERROR]
+    if errors:
+        return None, (), f"withheld: {', '.join(dict.fromkeys(errors))}"
+    names = tag_regions_with_legs(tag, regions, settings.min_legs_mm)
+    if not names:
+        return None, (), "no region found"
+    choice = dicom_term_for_regions(names)
+    return choice.term, choice.regions, choice.note
+
+
+def _settings_dict(settings: AnalysisSettings, cleaned: CleanedScores,
+                   stats: Mapping[str, Any], expected: float,
+                   valid_range: tuple[float, float]) -> dict[str, Any]:
+    bounds = cleaned.slope_bounds
+    return {
+        **settings.postprocess.to_dict(),
+        "tangential_slope_min": bounds.low, "tangential_slope_max": bounds.high,
+        "tangential_slope_source": bounds.source,
+        "empty_slice_score": stats.get("empty_slice_score"),
+        "expected_slope": expected, "valid_slope_ratio_range": list(valid_range),
+        "z_range_threshold_mm": settings.z_range_threshold_mm,
+        "min_legs_mm": settings.min_legs_mm,
+        "region_boundaries": describe_boundaries(settings.region_boundaries),
+        "discontinuity": asdict(settings.discontinuity),
+    }
+
+
+# --- model statistics ---------------------------------------------------------------------
+
+
+def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
+                              empty_slice_score: float | None,
+                              settings: PostprocessSettings | None = None) -> dict[str, Any]:
+    """Statistics the model JSON needs for :func:`analyze`, from training curves.
+
+    1. Clean every curve without tail removal and keep the typical ones (slope within
+       [½, 2] × the median; :func:`model.sanity.typical_slopes`).
+    2. ``tangential_slope``: 0.5 % / 99.5 % quantiles of eq. 4.17 over those (thesis).
+    3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s).
+    4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio| separating the curves as
+       stored from the same curves with their z-spacing scaled by 2 and 0.5
+       (:func:`model.sanity.calibrate_slope_ratio_range`), and the thesis' single
+       ``slope_ratio_threshold`` θ (:func:`model.sanity.calibrate_slope_threshold`).
+
+    Parameters
+    ----------
+    curves : sequence of ScoreCurve
+        Training volumes on the calibrated scale
+        (:func:`model.postprocess.curves_from_volume_scores`).
+    empty_slice_score : float or None
+        ``statistics["empty_slice_score"]`` on the same scale.
+    settings : PostprocessSettings, optional
+        Must match inference (σ, body area).
+
+    Returns
+    -------
+    dict
+        ``{"tangential_slope": {...}, "slope_per_mm": {...}, "slope_ratio_range": [lo, hi],
+        "slope_ratio_threshold": θ}`` to merge into ``ModelMeta.statistics``.
+    """
+    settings = settings or PostprocessSettings()
+    base: dict[str, Any] = {"empty_slice_score": empty_slice_score}
+    untailed = cleaned_curves(curves, base, replace(settings, remove_tails=False))
+    slopes = np.array([fitted_slope(c.z_mm, c.scores) or math.nan for c in untailed])
+    typical = set(typical_slopes(slopes[np.isfinite(slopes)]).tolist())
+    chosen = [c for c, m in zip(curves, slopes, strict=True) if m in typical]
+    tangential = tangential_slope_quantiles(chosen, empty_slice_score=empty_slice_score,
+                                            sigma_mm=settings.smoothing_sigma_mm)
+    full = cleaned_curves(curves, {**base, "tangential_slope": tangential}, settings)
+    slope = slope_statistics(full)
+    expected = float(slope["mean"])
+    lo, hi = calibrate_slope_ratio_range(full, expected)
+    threshold = calibrate_slope_threshold(full, expected)
+    return {"tangential_slope": tangential, "slope_per_mm": slope,
+            "slope_ratio_range": [round(lo, 4), round(hi, 4)],
+            "slope_ratio_threshold": round(threshold, 4)}

@@ -1,0 +1,503 @@
+"""Data sanity checks from the score curve (thesis §4.3.3) and from the image.
+
+* **z-ordering**: the slope of a line fitted to the cleaned scores against patient z is
+  negative when the slices' positions run against the anatomy (undecided for curves too
+  flat to have a meaningful sign).
+* **z-spacing**: slope ratio r = observed slope / expected slope (eq. 4.19); the expected
+  spacing is spacing · |r| (eq. 4.21). The thesis calls the spacing valid when
+  γ = |1 − |r|| (eq. 4.20) stays within a threshold θ (:func:`calibrate_slope_threshold`).
+  A band symmetric around 1 cannot work for us: on the training curves |r| spans
+  0.65 … 1.13, so a ×0.5 header error of the flattest curve (|r| = 1.31) lies closer to 1
+  than that curve as stored. We therefore calibrate the valid range [r_lo, r_hi] of |r| on
+  each side separately (:func:`calibrate_slope_ratio_range`) and fall back to 1 ± θ only
+  for models without it.
+* **discontinuities**: jumps of the raw score between neighbouring slices that the local
+  slope and noise cannot explain and that persist (a level shift, not one odd slice), as
+  when two series are stacked into one.
+* **no body**, **non-CT content** and **out of the model's scope**.
+
+Every finding is an :class:`Anomaly` record. ``severity`` "error" means the body part
+result cannot be trusted (no DICOM term is given); "warning" means the term stands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from model.postprocess import (
+    BODY_HU,
+    CleanedScores,
+    FloatVector,
+    fitted_slope,
+)
+
+#: Scaling factors of the header z-spacing that the z-spacing check must detect.
+DETECT_FACTORS: tuple[float, ...] = (2.0, 0.5)
+#: Curves whose slope lies outside [1/k, k] × the median training slope are left out of
+#: the slope statistics: the model cannot place their slices (small limb crops in our data)
+#: or their header is wrong, and either would bias the expected slope.
+SLOPE_OUTLIER_FACTOR = 2.0
+#: bpreg's threshold θ, used only when the model has none.
+DEFAULT_SLOPE_RATIO_THRESHOLD = 0.28
+#: Fewest cleaned slices for a slope fit.
+MIN_SLICES_FOR_SLOPE = 3
+#: Plausible stored CT values (HU); well beyond the −1024…3071 of 12-bit CT but below MR
+#: or raw detector values.
+CT_HU_RANGE = (-1100.0, 4000.0)
+#: Largest fraction of voxels that may lie outside :data:`CT_HU_RANGE` (metal streaks).
+MAX_OUTSIDE_HU_FRACTION = 0.01
+#: Smallest fraction of voxels below :data:`BODY_HU` (air around the body, lungs, bowel gas):
+#: every CT field of view holds some, MR magnitudes and wrongly rescaled data do not.
+MIN_AIR_FRACTION = 1e-4
+#: Voxels sampled per volume for the content check (bounds time on 512² series).
+CONTENT_SAMPLE = 2_000_000
+
+
+class AnomalyCode(StrEnum):
+    """Kinds of :class:`Anomaly`."""
+
+    NO_BODY = "no_body"
+    NOT_CT = "not_ct_like"
+    OUT_OF_SCOPE = "out_of_scope"
+    REVERSED_Z = "reversed_z_ordering"
+    INVALID_Z_SPACING = "invalid_z_spacing"
+    DISCONTINUITY = "discontinuity"
+    TOO_FEW_SLICES = "too_few_slices"
+
+
+class Severity(StrEnum):
+    """``error``: withhold the body part term; ``warning``: the term stands."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One finding of the sanity checks.
+
+    Attributes
+    ----------
+    code : AnomalyCode
+    severity : Severity
+    message : str
+        One sentence for people.
+    slices : (int, int) or None
+        First and last slice index concerned (inclusive); None when not tied to slices.
+    z_mm : (float, float) or None
+        Patient z of those slices.
+    details : mapping
+        Numbers behind the finding (JSON-ready scalars).
+    """
+
+    code: AnomalyCode
+    severity: Severity
+    message: str
+    slices: tuple[int, int] | None = None
+    z_mm: tuple[float, float] | None = None
+    details: Mapping[str, float | int | str | None] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (no NaN)."""
+        return {
+            "code": self.code.value, "severity": self.severity.value, "message": self.message,
+            "slices": list(self.slices) if self.slices is not None else None,
+            "z_mm": [round(z, 3) for z in self.z_mm] if self.z_mm is not None else None,
+            "details": {k: _finite(v) for k, v in (self.details or {}).items()},
+        }
+
+
+def _finite(v: float | int | str | None) -> float | int | str | None:
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else None
+    return v
+
+
+# --- z-ordering and z-spacing -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlopeCheck:
+    """Result of the z-ordering and z-spacing checks (eq. 4.19-4.21).
+
+    Slopes are in score per mm; ``None`` where a value cannot be computed (too few
+    slices, no expected slope).
+    """
+
+    observed_slope: float | None
+    expected_slope: float | None
+    slope_ratio: float | None
+    z_spacing_mm: float | None
+    expected_z_spacing_mm: float | None
+    valid_range: tuple[float, float]
+    reverse_z_ordering: bool | None
+    valid_z_spacing: bool | None
+
+    @property
+    def relative_error(self) -> float | None:
+        """γ = |1 − |r|| (eq. 4.20)."""
+        return None if self.slope_ratio is None else abs(1.0 - abs(self.slope_ratio))
+
+
+def z_spacing_of(z_mm: npt.ArrayLike) -> float | None:
+    """Median distance between neighbouring slices (the series' nominal spacing)."""
+    z = np.asarray(z_mm, dtype=np.float64)
+    return float(np.median(np.diff(z))) if z.size > 1 else None
+
+
+def ratio_range_from_threshold(threshold: float) -> tuple[float, float]:
+    """Valid |r| of the thesis' rule γ = |1 − |r|| ≤ θ: [1 − θ, 1 + θ]."""
+    return (1.0 - threshold, 1.0 + threshold)
+
+
+def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: float | None,
+                valid_range: tuple[float, float]) -> SlopeCheck:
+    """Fit a line to the cleaned scores and run the z-ordering and z-spacing checks.
+
+    Parameters
+    ----------
+    z_mm, cleaned : array_like, shape (n,)
+        Patient z and cleaned scores (NaN where removed).
+    expected_slope : float or None
+        m̄_s, the model's mean slope per mm; None skips the z-spacing check.
+    valid_range : (float, float)
+        The spacing is valid when r_lo ≤ |r| ≤ r_hi.
+    """
+    z = np.asarray(z_mm, dtype=np.float64)
+    s = np.asarray(cleaned, dtype=np.float64)
+    spacing = z_spacing_of(z)
+    n = int(np.isfinite(s).sum())
+    slope = fitted_slope(z, s) if n >= MIN_SLICES_FOR_SLOPE else None
+    if slope is None:
+        return SlopeCheck(None, expected_slope, None, spacing, None, valid_range, None, None)
+    reverse = slope < 0
+    if expected_slope is None or expected_slope <= 0:
+        return SlopeCheck(slope, expected_slope, None, spacing, None, valid_range, reverse,
+                          None)
+    ratio = slope / expected_slope
+    valid = valid_range[0] <= abs(ratio) <= valid_range[1]
+    expected_spacing = spacing * abs(ratio) if spacing is not None else None
+    # a curve flatter than half the valid range's floor is not explained by a doubled
+    # spacing either: its sign is noise, so the ordering stays undecided
+    ordering = None if abs(ratio) < valid_range[0] / 2 else reverse
+    return SlopeCheck(slope, expected_slope, ratio, spacing, expected_spacing, valid_range,
+                      ordering, valid)
+
+
+def slope_anomalies(check: SlopeCheck, z_mm: npt.ArrayLike) -> list[Anomaly]:
+    """Anomaly records of a :class:`SlopeCheck` of the volume with slice positions ``z_mm``."""
+    z = np.asarray(z_mm, dtype=np.float64)
+    out: list[Anomaly] = []
+    if check.observed_slope is None:
+        out.append(Anomaly(AnomalyCode.TOO_FEW_SLICES, Severity.WARNING,
+                           f"fewer than {MIN_SLICES_FOR_SLOPE} slices with a cleaned score: "
+                           "z-ordering and z-spacing cannot be checked"))
+        return out
+    whole, z_range = (0, z.size - 1), (float(z[0]), float(z[-1]))
+    if check.reverse_z_ordering:
+        out.append(Anomaly(
+            AnomalyCode.REVERSED_Z, Severity.WARNING,
+            "scores fall towards the head: slice positions run against the anatomy "
+            "(reversed z-ordering)", slices=whole, z_mm=z_range,
+            details={"observed_slope": check.observed_slope}))
+    if check.valid_z_spacing is False and check.slope_ratio is not None:
+        out.append(Anomaly(
+            AnomalyCode.INVALID_Z_SPACING, Severity.ERROR,
+            f"scores change {abs(check.slope_ratio):.2f}× as fast per mm as expected: the "
+            f"header z-spacing {check.z_spacing_mm:.3g} mm is wrong (the anatomy suggests "
+            f"{check.expected_z_spacing_mm:.3g} mm), or the model cannot place these slices",
+            slices=whole, z_mm=z_range,
+            details={"slope_ratio": check.slope_ratio, "relative_error": check.relative_error,
+                     "valid_ratio_min": check.valid_range[0],
+                     "valid_ratio_max": check.valid_range[1],
+                     "z_spacing_mm": check.z_spacing_mm,
+                     "expected_z_spacing_mm": check.expected_z_spacing_mm}))
+    return out
+
+
+# --- discontinuities ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiscontinuitySettings:
+    """Parameters of :func:`find_discontinuities`.
+
+    Attributes
+    ----------
+    min_jump : float
+        Smallest jump in score units that counts (8 ≈ 7 cm of anatomy). Single series of
+        the shared data shift by at most 9.4 where their content is cut abruptly (OpenKBP
+        boxes) and otherwise by less than 4.
+    noise_factor : float
+        A jump must also exceed this many robust standard deviations of the
+        neighbour-to-neighbour score changes.
+    window : int
+        Slices on each side whose medians must confirm the jump as a level shift.
+    min_support : int
+        Fewest scored slices on each side: one or two odd end slices (partial content at
+        the edge of the scan) are not a second series.
+    """
+
+    min_jump: float = 8.0
+    noise_factor: float = 6.0
+    window: int = 5
+    min_support: int = 3
+
+
+@dataclass(frozen=True)
+class Break:
+    """A discontinuity between slice ``before`` and slice ``after`` (volume indices)."""
+
+    before: int
+    after: int
+    z_before_mm: float
+    z_after_mm: float
+    jump: float  # level shift in score units, beyond the local trend
+
+
+def find_discontinuities(z_mm: npt.ArrayLike, scores: npt.ArrayLike,
+                         settings: DiscontinuitySettings | None = None) -> list[Break]:
+    """Level shifts of the unsmoothed scores between neighbouring slices.
+
+    The trend is the median tangential slope of the raw curve (robust to the breaks it
+    looks for); a neighbour step minus the trend is a candidate when it exceeds
+    ``max(min_jump, noise_factor · σ)``, σ the robust spread of all such steps, and it is
+    kept when the medians of ``window`` detrended slices on either side differ by at least
+    half that threshold in the same direction, so one odd slice is not a break.
+
+    Parameters
+    ----------
+    z_mm, scores : array_like, shape (n,)
+        Patient z and unprocessed scores with NaN for empty slices.
+    settings : DiscontinuitySettings, optional
+    """
+    cfg = settings or DiscontinuitySettings()
+    z = np.asarray(z_mm, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    idx = np.flatnonzero(np.isfinite(s))
+    if idx.size < 2 * cfg.min_support:
+        return []
+    zk, sk = z[idx], s[idx]
+    trend = float(np.median(np.diff(sk) / np.diff(zk)))
+    resid = sk - trend * zk
+    steps = np.diff(resid)
+    sigma = 1.4826 * float(np.median(np.abs(steps - np.median(steps))))
+    limit = max(cfg.min_jump, cfg.noise_factor * sigma)
+    breaks = []
+    candidates = np.flatnonzero(np.abs(steps) > limit)
+    support = cfg.min_support
+    for i in candidates[(candidates + 1 >= support) & (candidates + 1 <= idx.size - support)]:
+        before = resid[max(0, i + 1 - cfg.window): i + 1]
+        after = resid[i + 1: i + 1 + cfg.window]
+        shift = float(np.median(after) - np.median(before))
+        if abs(shift) >= limit / 2 and np.sign(shift) == np.sign(steps[i]):
+            breaks.append(Break(int(idx[i]), int(idx[i + 1]), float(zk[i]), float(zk[i + 1]),
+                                shift))
+    return breaks
+
+
+def discontinuity_anomalies(breaks: Sequence[Break]) -> list[Anomaly]:
+    """One error record per break."""
+    return [Anomaly(
+        AnomalyCode.DISCONTINUITY, Severity.ERROR,
+        f"score jumps by {b.jump:+.1f} between slices {b.before} and {b.after} "
+        f"(z {b.z_before_mm:.1f} → {b.z_after_mm:.1f} mm): stacked, duplicated or corrupt "
+        "series", slices=(b.before, b.after), z_mm=(b.z_before_mm, b.z_after_mm),
+        details={"jump": b.jump}) for b in breaks]
+
+
+# --- image content and scope --------------------------------------------------------------
+
+
+def ct_content_anomaly(hu: npt.NDArray[np.floating[Any]]) -> Anomaly | None:
+    """An error record when the intensities do not look like CT in Hounsfield units.
+
+    Checks a sample of voxels: at most :data:`MAX_OUTSIDE_HU_FRACTION` outside
+    :data:`CT_HU_RANGE`, and at least :data:`MIN_AIR_FRACTION` below :data:`BODY_HU`.
+    """
+    sample = _sample(hu)
+    if sample.size == 0:
+        return None
+    outside = float(np.mean((sample < CT_HU_RANGE[0]) | (sample > CT_HU_RANGE[1])))
+    air = float(np.mean(sample < BODY_HU))
+    reasons = []
+    if outside > MAX_OUTSIDE_HU_FRACTION:
+        reasons.append(f"{100 * outside:.1f} % of voxels lie outside {CT_HU_RANGE[0]:g}…"
+                       f"{CT_HU_RANGE[1]:g} HU")
+    if air < MIN_AIR_FRACTION:
+        reasons.append(f"no air: {100 * air:.3f} % of voxels below {BODY_HU:g} HU")
+    if not reasons:
+        return None
+    return Anomaly(AnomalyCode.NOT_CT, Severity.ERROR,
+                   "intensities do not look like CT in Hounsfield units: " + "; ".join(reasons),
+                   details={"outside_fraction": outside, "air_fraction": air,
+                            "p01": float(np.percentile(sample, 1)),
+                            "p99": float(np.percentile(sample, 99))})
+
+
+def _sample(hu: npt.NDArray[np.floating[Any]]) -> FloatVector:
+    step = max(1, math.ceil(math.sqrt(hu.size / CONTENT_SAMPLE)))
+    sample: FloatVector = np.asarray(hu[:, ::step, ::step], dtype=np.float64).ravel()
+    return sample
+
+
+def no_body_anomaly(cleaned: CleanedScores) -> Anomaly | None:
+    """An error record when no slice kept a cleaned score."""
+    if cleaned.kept.any():
+        return None
+    n = cleaned.z_mm.size
+    reason = ("every slice is empty" if cleaned.empty.all()
+              else "every slice was removed (empty or atypical tails)")
+    return Anomaly(AnomalyCode.NO_BODY, Severity.ERROR, f"no body in the series: {reason}",
+                   slices=(0, n - 1) if n else None,
+                   details={"empty_slices": int(cleaned.empty.sum()),
+                            "tail_slices": int(cleaned.tail.sum())})
+
+
+def scope_anomaly(cleaned: CleanedScores, score_range: tuple[float, float]) -> Anomaly | None:
+    """A record when every cleaned score lies outside the landmark table's range.
+
+    Below the lowest landmark (pelvis start) the scan shows only legs, outside the
+    thesis' scope but still nameable (warning); above the highest (head end) the scores
+    have no anatomical meaning (error).
+    """
+    s = cleaned.scores[cleaned.kept]
+    if s.size == 0:
+        return None
+    lo, hi = score_range
+    if np.all(s < lo):
+        return Anomaly(AnomalyCode.OUT_OF_SCOPE, Severity.WARNING,
+                       f"every score is below the pelvis start ({lo:g}): legs only, outside "
+                       "the range the landmark table describes",
+                       details={"max_score": float(s.max()), "table_min": lo})
+    if np.all(s > hi):
+        return Anomaly(AnomalyCode.OUT_OF_SCOPE, Severity.ERROR,
+                       f"every score is above the top of the head ({hi:g}): the slices do not "
+                       "show anatomy the model knows",
+                       details={"min_score": float(s.min()), "table_max": hi})
+    return None
+
+
+# --- model statistics ---------------------------------------------------------------------
+
+
+def _curve_slopes(curves: Iterable[CleanedScores]) -> FloatVector:
+    slopes = [fitted_slope(c.z_mm, c.scores) for c in curves
+              if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
+    return np.array([m for m in slopes if m is not None], dtype=np.float64)
+
+
+def typical_slopes(slopes: npt.ArrayLike, factor: float = SLOPE_OUTLIER_FACTOR) -> FloatVector:
+    """Slopes within [median / factor, median · factor] (see :data:`SLOPE_OUTLIER_FACTOR`)."""
+    m = np.asarray(slopes, dtype=np.float64)
+    med = float(np.median(m)) if m.size else math.nan
+    if not med > 0:
+        return np.zeros(0)
+    kept: FloatVector = m[(m >= med / factor) & (m <= med * factor)]
+    return kept
+
+
+def slope_statistics(curves: Iterable[CleanedScores]) -> dict[str, float | int]:
+    """``statistics["slope_per_mm"]`` from cleaned training curves (thesis §4.3).
+
+    A line is fitted to each cleaned curve against patient z; slopes of atypical curves
+    (:func:`typical_slopes`) are left out.
+
+    Returns
+    -------
+    dict
+        ``n``, ``mean`` (the expected slope m̄_s), ``sd``, ``q05``, ``median``, ``q95`` and
+        ``n_excluded``.
+
+    Raises
+    ------
+    ValueError
+        If no curve has enough cleaned slices.
+    """
+    all_slopes = _curve_slopes(curves)
+    m = typical_slopes(all_slopes)
+    if m.size == 0:
+        raise ValueError("no cleaned curve with a positive typical slope")
+    return {"n": int(m.size), "mean": float(m.mean()),
+            "sd": float(m.std(ddof=1)) if m.size > 1 else 0.0,
+            "q05": float(np.quantile(m, 0.05)), "median": float(np.median(m)),
+            "q95": float(np.quantile(m, 0.95)), "n_excluded": int(all_slopes.size - m.size)}
+
+
+def _typical_ratios(curves: Iterable[CleanedScores], expected_slope: float) -> FloatVector:
+    if not expected_slope > 0:
+        raise ValueError(f"expected slope must be positive, got {expected_slope}")
+    ratios = typical_slopes(_curve_slopes(curves)) / expected_slope
+    if ratios.size == 0:
+        raise ValueError("no cleaned curve with a positive typical slope")
+    return ratios
+
+
+def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope: float,
+                                factors: Sequence[float] = DETECT_FACTORS
+                                ) -> tuple[float, float]:
+    """Valid range [r_lo, r_hi] of |r| for the z-spacing check, from training curves.
+
+    Each typical curve gives |r| as stored (must pass) and with its z-spacing scaled by
+    each of ``factors`` (|r| / f, must fail). r_lo separates the stored ratios from those
+    scaled by factors above 1, r_hi from those scaled by factors below 1; each bound is the
+    middle of the widest gap among the cuts with the fewest misclassified curves.
+
+    Parameters
+    ----------
+    curves : iterable of CleanedScores
+        Training curves on the calibrated scale.
+    expected_slope : float
+        m̄_s from :func:`slope_statistics`.
+    factors : sequence of float
+        Header spacing errors to detect (×2 and ×0.5).
+
+    Raises
+    ------
+    ValueError
+        If no typical curve exists or ``expected_slope`` is not positive.
+    """
+    ratios = np.abs(_typical_ratios(curves, expected_slope))
+    too_flat = np.concatenate([ratios / f for f in factors if f > 1] or [np.zeros(0)])
+    too_steep = np.concatenate([ratios / f for f in factors if f < 1] or [np.zeros(0)])
+    lo = -_best_split(-ratios, -too_flat) if too_flat.size else 0.0
+    hi = _best_split(ratios, too_steep) if too_steep.size else math.inf
+    return lo, hi
+
+
+def calibrate_slope_threshold(curves: Iterable[CleanedScores], expected_slope: float,
+                              factors: Sequence[float] = DETECT_FACTORS) -> float:
+    """The thesis' θ (γ = |1 − |r|| ≤ θ) from training curves.
+
+    Each typical curve gives γ as stored (must pass) and with its z-spacing scaled by
+    each of ``factors`` (must fail); θ is the middle of the widest gap among the cuts with
+    the fewest misclassified curves. Kept for the thesis' rule and bpreg-style output;
+    :func:`calibrate_slope_ratio_range` separates better.
+
+    Raises
+    ------
+    ValueError
+        If no typical curve exists or ``expected_slope`` is not positive.
+    """
+    ratios = np.abs(_typical_ratios(curves, expected_slope))
+    good = np.abs(1.0 - ratios)
+    bad = np.concatenate([np.abs(1.0 - ratios / f) for f in factors])
+    return _best_split(good, bad)
+
+
+def _best_split(good: FloatVector, bad: FloatVector) -> float:
+    """Threshold t (good ≤ t < bad) with fewest errors, in the widest gap between values."""
+    values = np.unique(np.concatenate([good, bad]))
+    if values.size == 1:
+        return float(values[0])
+    cuts = (values[:-1] + values[1:]) / 2
+    errors = np.array([(good > t).sum() + (bad <= t).sum() for t in cuts])
+    best = np.flatnonzero(errors == errors.min())
+    return float(cuts[best[np.argmax(np.diff(values)[best])]])

@@ -1,0 +1,249 @@
+"""``analyze``: the typed result, its strict JSON and the JSON Schema; real val volumes."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from model.analysis import (
+    SCHEMA_VERSION,
+    AnalysisSettings,
+    BodyPartResult,
+    analyze,
+    interpret,
+    postprocessing_statistics,
+)
+from model.bodypart import CS_PATTERN, dicom_terms
+from model.evaluate import EvalItem, read_manifest
+from model.inference import BodyPartRegressor, ModelMeta, SliceScores
+from model.io_nifti import read_nifti
+from model.network import SliceScoreNet
+from model.paths import DEFAULT_WEIGHTS
+from model.postprocess import ScoreCurve
+from model.sanity import AnomalyCode, Severity
+from model.volume import CTVolume
+
+jsonschema = pytest.importorskip("jsonschema")
+
+#: Keys of thesis table 4.7 under bpreg's names.
+BPREG_KEYS = ("cleaned slice scores", "z", "unprocessed slice scores", "body part examined",
+              "body part examined tag", "look-up table", "reverse z-ordering",
+              "valid z-spacing", "expected slope", "observed slope", "slope ratio",
+              "expected z-spacing", "z-spacing", "settings")
+OUR_KEYS = ("patient_z_mm", "slice_scores", "body_part_examined", "body_part_examined_snomed",
+            "body_part_examined_tag", "reverse_z_ordering", "valid_z_spacing",
+            "expected_z_spacing", "anomalies", "schema_version", "input", "model")
+STATS: dict[str, Any] = {
+    "empty_slice_score": 61.8784, "tangential_slope": {"q005": -0.006, "q995": 0.21},
+    "slope_per_mm": {"mean": 0.114}, "slope_ratio_range": [0.62, 1.24],
+    "slope_ratio_threshold": 0.378,
+}
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    text = (resources.files("model") / "schema" / "bpr-result.schema.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(loaded)
+    return loaded
+
+
+def strict_json(result: BodyPartResult) -> dict[str, Any]:
+    """The document as a JSON reader sees it; NaN or infinity would raise."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    text = json.dumps(result.to_json_dict(), allow_nan=False)
+    doc: dict[str, Any] = json.loads(text, parse_constant=refuse)
+    return doc
+
+
+def _tiny_regressor(statistics: dict[str, Any]) -> BodyPartRegressor:
+    meta = ModelMeta(version="test", channels=[2, 2, 2, 2, 2], statistics=statistics,
+                     reference_table={"lung_bottom": 44.1, "lung_top": 75.4})
+    return BodyPartRegressor(SliceScoreNet((2, 2, 2, 2, 2)), meta)
+
+
+def _volume(n: int = 120, spacing: float = 2.5) -> CTVolume:
+    hu = np.full((n, 32, 32), -1024.0, dtype=np.float32)
+    hu[3:, 8:24, 6:26] = 40.0  # three empty slices at the feet end
+    z = 100.0 + spacing * np.arange(n, dtype=np.float64)
+    return CTVolume(hu, z, (10.0, 10.0), "synthetic.nii.gz")
+
+
+def _interpret(scores: np.ndarray, volume: CTVolume | None = None,
+               settings: AnalysisSettings | None = None,
+               statistics: dict[str, Any] | None = None) -> BodyPartResult:
+    volume = volume or _volume(len(scores))
+    body = np.where((volume.hu > -500).sum(axis=(1, 2)) > 0, 500, 0)
+    reg = _tiny_regressor(STATS if statistics is None else statistics)
+    sliced = SliceScores(volume.z_mm, scores.astype(np.float32), scores.astype(np.float64))
+    return interpret(volume, sliced, body, reg, settings or AnalysisSettings())
+
+
+# --- synthetic ----------------------------------------------------------------------------
+
+
+def test_chest_curve_gives_chest_and_null_for_empty_slices(schema: dict[str, Any]) -> None:
+    scores = np.linspace(40.0, 80.0, 120)
+    result = _interpret(scores)
+    assert result.body_part_examined == "CHEST" and result.body_part_examined_tag == "CHEST"
+    assert result.snomed is not None and result.snomed.snomed_code == "816094009"
+    assert result.valid_z_spacing is True and result.reverse_z_ordering is False
+    assert not result.anomalies and not result.warnings
+    doc = strict_json(result)
+    jsonschema.validate(doc, schema)
+    assert set(BPREG_KEYS) <= set(doc) and set(OUR_KEYS) <= set(doc)
+    assert doc["schema_version"] == SCHEMA_VERSION
+    assert doc["slice_scores"][:3] == [None, None, None]
+    assert doc["cleaned slice scores"] == doc["slice_scores"]
+    assert None not in doc["unprocessed slice scores"]
+    assert doc["z"][0] == 0.0 and doc["patient_z_mm"][0] == 100.0
+    assert doc["body_part_examined_snomed"] == {"code": "816094009", "scheme": "SCT",
+                                                "meaning": "Chest"}
+    chest = doc["regions"]["chest"]
+    assert chest["first_slice"] >= 3 and chest["z_max_mm"] <= doc["patient_z_mm"][-1]
+    assert doc["body part examined"]["chest"][0] == chest["first_slice"]
+    assert doc["look-up table"]["lung_top"] == {"mean": 75.4, "source": "model"}
+    assert doc["settings"]["tangential_slope_source"] == "model"
+
+
+def test_missing_statistics_fall_back_with_warnings(schema: dict[str, Any]) -> None:
+    result = _interpret(np.linspace(40.0, 80.0, 120), statistics={})
+    text = " ".join(result.warnings)
+    for key in ("empty_slice_score", "tangential slope", "slope_per_mm", "slope_ratio"):
+        assert key in text
+    jsonschema.validate(strict_json(result), schema)
+
+
+def test_stacked_curve_withholds_the_term(schema: dict[str, Any]) -> None:
+    scores = np.concatenate([np.linspace(44.0, 78.0, 120), np.linspace(60.0, 100.0, 120)])
+    result = _interpret(scores)
+    codes = {a.code for a in result.anomalies}
+    assert AnomalyCode.DISCONTINUITY in codes and result.has_errors
+    assert result.body_part_examined is None and result.snomed is None
+    doc = strict_json(result)
+    jsonschema.validate(doc, schema)
+    (brk,) = [a for a in doc["anomalies"] if a["code"] == "discontinuity"]
+    assert brk["slices"] == [119, 120] and brk["severity"] == "error"
+
+
+def test_no_body_gives_none_everywhere(schema: dict[str, Any]) -> None:
+    volume = CTVolume(np.full((5, 16, 16), -1024.0, np.float32),
+                      np.arange(5, dtype=np.float64) * 5.0, (20.0, 20.0), "air")
+    result = _interpret(np.full(5, 61.8784), volume=volume)
+    assert [a.code for a in result.anomalies] == [AnomalyCode.NO_BODY]
+    assert result.body_part_examined is None and result.body_part_examined_tag == "NONE"
+    doc = strict_json(result)
+    jsonschema.validate(doc, schema)
+    assert doc["slice_scores"] == [None] * 5 and doc["observed slope"] is None
+
+
+def test_settings_are_honoured_and_reported() -> None:
+    scores = np.linspace(40.0, 80.0, 120)
+    custom = AnalysisSettings(region_boundaries={"chest": ("lung_start", "lung_end")},
+                              slope_ratio_range=(0.99, 1.01))
+    result = _interpret(scores, settings=custom)
+    assert result.settings["region_boundaries"]["chest"] == ["lung_start", "lung_end"]
+    region = result.regions["chest"]
+    assert region is not None and region.score_range == (44.1, 75.4)
+    assert result.valid_slope_ratio_range == (0.99, 1.01)
+
+
+def test_analyze_runs_the_network_end_to_end(schema: dict[str, Any]) -> None:
+    result = analyze(_volume(40), _tiny_regressor(STATS))
+    assert result.n_slices == 40 and len(result.cleaned_scores) == 40
+    assert result.model_version == "test"
+    jsonschema.validate(strict_json(result), schema)
+
+
+def test_postprocessing_statistics_from_curves() -> None:
+    z = np.arange(0.0, 300.0, 2.5)
+    curves = [ScoreCurve(z, 40 + m * z, None, f"v{i}")
+              for i, m in enumerate(np.linspace(0.09, 0.13, 9))]
+    curves.append(ScoreCurve(z, 80 + 0.01 * z, None, "flat crop"))
+    stats = postprocessing_statistics(curves, empty_slice_score=None)
+    assert stats["slope_per_mm"]["n"] == 9 and stats["slope_per_mm"]["n_excluded"] == 1
+    assert stats["slope_per_mm"]["mean"] == pytest.approx(0.11, rel=0.03)
+    lo, hi = stats["slope_ratio_range"]
+    assert 0.5 * 1.2 < lo < 0.8 and 1.2 < hi < 2 * 0.8
+    assert stats["tangential_slope"]["q995"] == pytest.approx(0.13, rel=0.05)
+    assert 0 < stats["slope_ratio_threshold"] < 0.5
+    json.dumps(stats, allow_nan=False)
+
+
+# --- real volumes -------------------------------------------------------------------------
+
+#: Manifest regions → our core regions (ARM is not a core region).
+MANIFEST_REGION = {"HEAD": "head", "NECK": "neck", "CHEST": "chest", "ABDOMEN": "abdomen",
+                   "PELVIS": "pelvis", "LEG": "legs"}
+ORDER = ("legs", "pelvis", "abdomen", "chest", "neck", "head")
+
+
+@pytest.fixture(scope="module")
+def regressor() -> BodyPartRegressor:
+    weights = Path(os.environ.get("BPR_TEST_WEIGHTS", str(DEFAULT_WEIGHTS)))
+    if not weights.exists():
+        pytest.skip(f"no model weights at {weights}")
+    reg = BodyPartRegressor.load(weights)
+    missing = [k for k in ("slope_per_mm", "slope_ratio_range", "tangential_slope")
+               if k not in reg.meta.statistics]
+    if missing:
+        pytest.skip(f"{weights.with_suffix('.json')} lacks statistics {missing} "
+                    "(model.analysis.postprocessing_statistics)")
+    return reg
+
+
+@pytest.fixture(scope="module")
+def val_results(shared_data: Path, regressor: BodyPartRegressor
+                ) -> list[tuple[EvalItem, BodyPartResult]]:
+    items = [i for i in read_manifest(shared_data / "manifest.csv") if i.split == "val"]
+    return [(item, analyze(read_nifti(item.ct_path), regressor)) for item in items]
+
+
+def _matches_manifest(term: str, manifest: tuple[str, ...]) -> bool:
+    """The term names a contiguous part of the manifest's regions, never an absent one,
+    and leaves out at most one region at each end (partly covered ends)."""
+    truth = [r for r in ORDER if r in {MANIFEST_REGION[m] for m in manifest
+                                       if m in MANIFEST_REGION}]
+    named = dicom_terms()[term].regions
+    if not named or not set(named) <= set(truth):
+        return False
+    first, last = truth.index(named[0]), truth.index(named[-1])
+    return first <= 1 and last >= len(truth) - 2
+
+
+def test_real_val_terms_match_the_visible_anatomy(
+        val_results: list[tuple[EvalItem, BodyPartResult]]) -> None:
+    named = 0
+    for item, result in val_results:
+        term = result.body_part_examined
+        if term is None:
+            # withheld only with a reason, and only for the limb crops the model cannot place
+            assert result.has_errors, item.name
+            assert item.name.startswith("ibsi_"), (item.name, result.anomalies)
+            continue
+        named += 1
+        assert _matches_manifest(term, item.body_regions), (item.name, term, item.body_regions)
+    assert named >= 15
+
+
+def test_real_val_documents_are_strict_and_match_the_schema(
+        val_results: list[tuple[EvalItem, BodyPartResult]], schema: dict[str, Any]) -> None:
+    import re
+
+    for item, result in val_results:
+        doc = strict_json(result)
+        jsonschema.validate(doc, schema)
+        n = doc["input"]["n_slices"]
+        assert len(doc["slice_scores"]) == len(doc["unprocessed slice scores"]) == n
+        term = doc["body_part_examined"]
+        assert term is None or (re.fullmatch(CS_PATTERN, term) and term in dicom_terms())
+        if any(a.severity is Severity.ERROR for a in result.anomalies):
+            assert term is None, item.name

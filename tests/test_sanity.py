@@ -1,0 +1,321 @@
+"""Sanity checks: z-ordering, z-spacing, discontinuities, content, scope (thesis §4.3.3)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import preprocess
+from model.analysis import (
+    AnalysisSettings,
+    BodyPartResult,
+    analyze,
+    interpret,
+    score_with_content,
+)
+from model.evaluate import read_manifest
+from model.inference import BodyPartRegressor, SliceScores
+from model.io_nifti import read_nifti
+from model.paths import DEFAULT_WEIGHTS
+from model.postprocess import CleanedScores, clean_scores
+from model.sanity import (
+    AnomalyCode,
+    DiscontinuitySettings,
+    Severity,
+    calibrate_slope_ratio_range,
+    calibrate_slope_threshold,
+    check_slope,
+    ct_content_anomaly,
+    find_discontinuities,
+    no_body_anomaly,
+    ratio_range_from_threshold,
+    scope_anomaly,
+    slope_anomalies,
+    slope_statistics,
+    typical_slopes,
+)
+from model.volume import CTVolume
+
+# --- z-ordering and z-spacing -------------------------------------------------------------
+
+
+def test_slope_ratio_and_expected_spacing() -> None:
+    z = np.arange(0.0, 300.0, 2.5)
+    s = 20 + 0.1 * z
+    band = ratio_range_from_threshold(0.3)
+    assert band == pytest.approx((0.7, 1.3))
+    ok = check_slope(z, s, expected_slope=0.1, valid_range=band)
+    assert ok.slope_ratio == pytest.approx(1.0) and ok.valid_z_spacing
+    assert ok.reverse_z_ordering is False and ok.expected_z_spacing_mm == pytest.approx(2.5)
+    doubled = check_slope(2 * z, s, expected_slope=0.1, valid_range=band)  # header: 5 mm
+    assert doubled.slope_ratio == pytest.approx(0.5) and doubled.valid_z_spacing is False
+    assert doubled.z_spacing_mm == pytest.approx(5.0)
+    assert doubled.expected_z_spacing_mm == pytest.approx(2.5)  # eq. 4.21 finds the truth
+    assert check_slope(z / 2, s, 0.1, band).valid_z_spacing is False
+    assert check_slope(z / 2, s, 0.1, (0.5, 2.5)).valid_z_spacing is True
+
+
+def test_reversed_order_is_detected_and_spacing_uses_the_magnitude() -> None:
+    z = np.arange(0.0, 300.0, 2.5)
+    check = check_slope(z, 50 - 0.1 * z, expected_slope=0.1, valid_range=(0.7, 1.3))
+    assert check.reverse_z_ordering is True and check.valid_z_spacing is True
+    assert check.relative_error == pytest.approx(0.0)
+    codes = [a.code for a in slope_anomalies(check, z)]
+    assert codes == [AnomalyCode.REVERSED_Z]
+
+
+def test_flat_curve_has_no_ordering() -> None:
+    z = np.arange(0.0, 300.0, 2.5)
+    check = check_slope(z, 80 - 0.005 * z, expected_slope=0.1, valid_range=(0.6, 1.25))
+    assert check.reverse_z_ordering is None and check.valid_z_spacing is False
+    assert [a.code for a in slope_anomalies(check, z)] == [AnomalyCode.INVALID_Z_SPACING]
+
+
+def test_too_few_slices_leave_checks_open() -> None:
+    check = check_slope([0.0, 5.0], [1.0, 2.0], 0.1, (0.7, 1.3))
+    assert check.reverse_z_ordering is None and check.valid_z_spacing is None
+    assert slope_anomalies(check, [0.0, 5.0])[0].code is AnomalyCode.TOO_FEW_SLICES
+
+
+def test_invalid_spacing_is_an_error_record() -> None:
+    z = np.arange(0.0, 300.0, 2.5)
+    check = check_slope(2 * z, 20 + 0.1 * z, 0.1, (0.7, 1.3))
+    (anomaly,) = slope_anomalies(check, 2 * z)
+    assert anomaly.code is AnomalyCode.INVALID_Z_SPACING and anomaly.severity is Severity.ERROR
+    assert anomaly.to_dict()["details"]["expected_z_spacing_mm"] == pytest.approx(2.5)
+    assert anomaly.slices == (0, z.size - 1) and anomaly.z_mm == (0.0, 2 * z[-1])
+
+
+# --- threshold calibration ----------------------------------------------------------------
+
+
+def _cleaned_line(slope: float, spacing: float = 2.5, n: int = 120) -> CleanedScores:
+    z = np.arange(n) * spacing
+    return clean_scores(z, 30 + slope * z, statistics={"empty_slice_score": 999.0},
+                        settings=None)
+
+
+def test_slope_statistics_leave_out_flat_curves() -> None:
+    curves = [_cleaned_line(m) for m in (0.09, 0.1, 0.11, 0.12, 0.01, 0.02)]
+    stats = slope_statistics(curves)
+    assert stats["n"] == 4 and stats["n_excluded"] == 2
+    assert stats["mean"] == pytest.approx(0.105, rel=0.02)
+    np.testing.assert_allclose(typical_slopes([0.1, 0.1, 0.04, 0.3]), [0.1, 0.1])
+
+
+def test_threshold_separates_stored_from_scaled_spacing() -> None:
+    slopes = np.linspace(0.085, 0.135, 11)
+    curves = [_cleaned_line(m) for m in slopes]
+    theta = calibrate_slope_threshold(curves, expected_slope=0.11)
+    ratios = slopes / 0.11
+    assert np.all(np.abs(1 - ratios) < theta)
+    assert np.all(np.abs(1 - ratios / 2) > theta) and np.all(np.abs(1 - ratios * 2) > theta)
+    with pytest.raises(ValueError, match="positive"):
+        calibrate_slope_threshold(curves, expected_slope=0.0)
+
+
+def test_ratio_range_works_where_a_symmetric_threshold_cannot() -> None:
+    # |r| from 0.65 to 1.13, as our training curves: the flattest curve with its spacing
+    # halved (|r| = 1.3) is closer to 1 than the same curve as stored (|r| = 0.65)
+    slopes = 0.11 * np.array([0.65, 0.8, 0.9, 1.0, 1.05, 1.13])
+    curves = [_cleaned_line(m) for m in slopes]
+    lo, hi = calibrate_slope_ratio_range(curves, expected_slope=0.11)
+    ratios = np.array([check_slope(c.z_mm, c.scores, 0.11, (lo, hi)).slope_ratio
+                       for c in curves], dtype=float)
+    assert np.all((ratios >= lo) & (ratios <= hi))
+    assert np.all(ratios / 2 < lo) and np.all(ratios * 2 > hi)
+    theta = calibrate_slope_threshold(curves, expected_slope=0.11)
+    band_lo, band_hi = ratio_range_from_threshold(theta)
+    missed = (ratios < band_lo) | (ratios > band_hi) | ((ratios * 2 >= band_lo)
+                                                        & (ratios * 2 <= band_hi))
+    assert missed.any()
+
+
+# --- discontinuities ----------------------------------------------------------------------
+
+
+def _noisy(z: np.ndarray, s: np.ndarray, seed: int = 0) -> np.ndarray:
+    return s + np.random.default_rng(seed).normal(0.0, 0.5, z.size)
+
+
+def test_stacked_series_break_is_found_with_its_position() -> None:
+    z = np.arange(200) * 2.5
+    s = np.concatenate([44 + 0.12 * z[:100], 60 + 0.12 * (z[100:] - z[100])])
+    (b,) = find_discontinuities(z, _noisy(z, s))
+    assert (b.before, b.after) == (99, 100)
+    assert (b.z_before_mm, b.z_after_mm) == (247.5, 250.0)
+    assert b.jump == pytest.approx(60 - (44 + 0.12 * 250), abs=1.5)
+
+
+def test_no_break_for_spikes_gaps_end_slices_or_a_clean_curve() -> None:
+    z = np.arange(200) * 2.5
+    s = _noisy(z, 20 + 0.12 * z)
+    assert find_discontinuities(z, s) == []
+    spike = s.copy()
+    spike[80] += 25.0
+    assert find_discontinuities(z, spike) == []
+    gap = np.concatenate([z[:100], z[100:] + 300.0])  # 30 cm missing, scores follow anatomy
+    assert find_discontinuities(gap, _noisy(gap, 20 + 0.12 * gap)) == []
+    end = s.copy()
+    end[-2:] -= 20.0  # two odd slices at the end of the scan
+    assert find_discontinuities(z, end) == []
+    strict = DiscontinuitySettings(min_support=1)
+    assert len(find_discontinuities(z, end, strict)) == 1
+
+
+def test_empty_slices_between_parts_do_not_hide_a_break() -> None:
+    z = np.arange(100) * 3.0
+    s = np.concatenate([70 + 0.1 * z[:50], 45 + 0.1 * (z[50:] - z[50])])
+    s[50:53] = np.nan
+    (b,) = find_discontinuities(z, _noisy(z, s))
+    assert (b.before, b.after) == (49, 53)
+
+
+# --- content, body, scope -----------------------------------------------------------------
+
+
+def _phantom_hu() -> np.ndarray:
+    hu = np.full((4, 64, 64), -1024.0, dtype=np.float32)
+    hu[:, 16:48, 12:52] = 40.0
+    hu[:, 24:40, 20:30] = -850.0
+    return hu
+
+
+def test_ct_like_content_passes_and_mr_like_does_not() -> None:
+    assert ct_content_anomaly(_phantom_hu()) is None
+    mr = np.random.default_rng(0).uniform(0.0, 2000.0, (4, 64, 64)).astype(np.float32)
+    anomaly = ct_content_anomaly(mr)
+    assert anomaly is not None and anomaly.code is AnomalyCode.NOT_CT
+    assert "no air" in anomaly.message
+    raw = _phantom_hu() * 20  # a wrong rescale slope
+    assert ct_content_anomaly(raw) is not None
+
+
+def test_no_body_and_scope_records() -> None:
+    z = np.arange(10) * 5.0
+    empty = clean_scores(z, np.full(10, 3.0), body_pixels=np.zeros(10),
+                         statistics={"empty_slice_score": 3.0})
+    anomaly = no_body_anomaly(empty)
+    assert anomaly is not None and anomaly.severity is Severity.ERROR
+    assert anomaly.slices == (0, 9)
+    legs = clean_scores(z, np.linspace(-30, -20, 10), statistics={"empty_slice_score": 99.0})
+    low = scope_anomaly(legs, (0.0, 107.8))
+    assert low is not None and low.severity is Severity.WARNING
+    high = scope_anomaly(clean_scores(z, np.full(10, 130.0)), (0.0, 107.8))
+    assert high is not None and high.severity is Severity.ERROR
+    assert scope_anomaly(clean_scores(z, np.linspace(40, 60, 10)), (0.0, 107.8)) is None
+
+
+# --- real volumes -------------------------------------------------------------------------
+
+#: Limb crops of the IBSI set (5 cm around a sarcoma, body outline cut): the model cannot
+#: place their slices, so they are not part of the spacing and ordering checks.
+OUT_OF_SCOPE_PREFIX = "ibsi_"
+
+
+@dataclass
+class Scored:
+    volume: CTVolume
+    scores: SliceScores
+    body: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def regressor() -> BodyPartRegressor:
+    weights = Path(os.environ.get("BPR_TEST_WEIGHTS", str(DEFAULT_WEIGHTS)))
+    if not weights.exists():
+        pytest.skip(f"no model weights at {weights}")
+    reg = BodyPartRegressor.load(weights)
+    missing = [k for k in ("slope_per_mm", "slope_ratio_range", "tangential_slope")
+               if k not in reg.meta.statistics]
+    if missing:
+        pytest.skip(f"{weights.with_suffix('.json')} lacks statistics {missing} "
+                    "(model.analysis.postprocessing_statistics)")
+    return reg
+
+
+@pytest.fixture(scope="module")
+def val_scored(shared_data: Path, regressor: BodyPartRegressor) -> dict[str, Scored]:
+    items = [i for i in read_manifest(shared_data / "manifest.csv")
+             if i.split == "val" and not i.name.startswith(OUT_OF_SCOPE_PREFIX)]
+    out = {}
+    for item in items:
+        volume = read_nifti(item.ct_path)
+        scores, body = score_with_content(volume, regressor)
+        out[item.name] = Scored(volume, scores, body)
+    return out
+
+
+def _variant(s: Scored, regressor: BodyPartRegressor, *, z_factor: float = 1.0,
+             reverse: bool = False) -> BodyPartResult:
+    z = s.volume.z_mm[0] + (s.volume.z_mm - s.volume.z_mm[0]) * z_factor
+    scores, body = s.scores, s.body
+    if reverse:  # what flipping the slices while keeping z does to per-slice scores
+        scores = SliceScores(z, scores.raw[::-1], scores.scores[::-1])
+        body = body[::-1]
+    volume = CTVolume(s.volume.hu, z, s.volume.pixel_spacing_mm, s.volume.source)
+    return interpret(volume, scores, body, regressor, AnalysisSettings(check_content=False))
+
+
+def test_real_originals_pass_every_check(val_scored: dict[str, Scored],
+                                        regressor: BodyPartRegressor) -> None:
+    for name, s in val_scored.items():
+        r = _variant(s, regressor)
+        assert r.valid_z_spacing is True, (name, r.slope_ratio)
+        assert r.reverse_z_ordering is False, name
+        assert not r.anomalies, (name, r.anomalies)
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_real_scaled_z_spacing_is_detected(val_scored: dict[str, Scored],
+                                           regressor: BodyPartRegressor, factor: float) -> None:
+    for name, s in val_scored.items():
+        r = _variant(s, regressor, z_factor=factor)
+        assert r.valid_z_spacing is False, (name, r.slope_ratio)
+        true_spacing = float(np.median(np.diff(s.volume.z_mm)))
+        # eq. 4.21 points back towards the true spacing
+        expected = r.expected_z_spacing_mm
+        assert expected is not None
+        assert abs(np.log(expected / true_spacing)) < abs(np.log(factor)), name
+
+
+def test_real_reversed_order_is_detected(val_scored: dict[str, Scored],
+                                         regressor: BodyPartRegressor) -> None:
+    for name, s in val_scored.items():
+        r = _variant(s, regressor, reverse=True)
+        assert r.reverse_z_ordering is True, name
+        assert r.valid_z_spacing is True, name
+    lidc = val_scored["lidc_0003"].volume
+    flipped = CTVolume(lidc.hu[::-1].copy(), lidc.z_mm, lidc.pixel_spacing_mm, lidc.source)
+    result = analyze(flipped, regressor)
+    assert result.reverse_z_ordering is True
+    assert [a.code for a in result.anomalies] == [AnomalyCode.REVERSED_Z]
+    assert result.body_part_examined == "CHEST"  # the anatomy is still right
+
+
+def _on_network_grid(volume: CTVolume) -> np.ndarray:
+    unit = preprocess.preprocess_slices(volume.hu, volume.pixel_spacing_mm)
+    return (unit + 1.0) * (preprocess.HU_MAX - preprocess.HU_MIN) / 2 + preprocess.HU_MIN
+
+
+def test_real_stacked_series_is_flagged_at_the_break(val_scored: dict[str, Scored],
+                                                     regressor: BodyPartRegressor) -> None:
+    chest = val_scored["lidc_0003"].volume
+    head_neck = val_scored["openkbp_pt_211"].volume
+    z_top = head_neck.z_mm - head_neck.z_mm[0] + chest.z_mm[-1] + 3.0  # z continued
+    stacked = CTVolume(
+        np.concatenate([_on_network_grid(chest), _on_network_grid(head_neck)]),
+        np.concatenate([chest.z_mm, z_top]), (preprocess.PIXEL_SPACING_MM,) * 2, "stacked")
+    result = analyze(stacked, regressor)
+    breaks = [a for a in result.anomalies if a.code is AnomalyCode.DISCONTINUITY]
+    assert len(breaks) == 1, result.anomalies
+    first_top = chest.n_slices + int(np.argmax(val_scored["openkbp_pt_211"].body >= 82))
+    assert breaks[0].slices == (chest.n_slices - 1, first_top)
+    z_break = breaks[0].z_mm
+    assert z_break is not None
+    np.testing.assert_allclose(z_break, (chest.z_mm[-1], z_top[first_top - chest.n_slices]))
+    assert result.body_part_examined is None
