@@ -14,6 +14,8 @@ import torch
 from tqdm import tqdm
 
 from model import __version__
+from model.alignment import add_align_command
+from model.cropping import add_crop_command
 from model.paths import DEFAULT_WEIGHTS, shared_data_dir
 from model.volume import CTInputError
 
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    add_crop_command(sub)
+    add_align_command(sub)
     return parser
 
 
