@@ -68,6 +68,7 @@ from model.sanity import (
     slope_statistics,
     typical_slopes,
 )
+from model.strict_json import jsonable
 from model.volume import CTVolume
 
 #: Version of the JSON layout of :meth:`BodyPartResult.to_json_dict` (1 is model.predict's
@@ -201,25 +202,12 @@ class BodyPartResult:
             "slope ratio": _round(self.slope_ratio, 6),
             "expected z-spacing": _round(self.expected_z_spacing_mm),
             "z-spacing": _round(self.z_spacing_mm),
-            "settings": _jsonable(self.settings),
+            "settings": jsonable(self.settings),
         }
 
 
 def _round(x: float | None, ndigits: int = 4) -> float | None:
     return round(float(x), ndigits) if x is not None and math.isfinite(x) else None
-
-
-def _jsonable(x: Any) -> Any:
-    """Plain JSON values: tuples become lists, non-finite floats None."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 # --- the call -----------------------------------------------------------------------------

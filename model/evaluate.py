@@ -43,6 +43,7 @@ from model.landmarks import (
     lung_profile,
     read_label_map,
 )
+from model.strict_json import jsonable
 from model.volume import CTVolume
 
 log = logging.getLogger(__name__)
@@ -622,27 +623,12 @@ class EvaluationReport:
             "seconds": self.seconds,
             "rules": self.rules,
         }
-        clean: dict[str, Any] = _jsonable(out)
+        clean: dict[str, Any] = jsonable(out)
         return clean
 
     def to_markdown(self) -> str:
         """Markdown tables for the model card."""
         return "\n".join(_markdown_sections(self)) + "\n"
-
-
-def _jsonable(x: Any) -> Any:
-    """Recursively turn numpy scalars into Python ones and non-finite floats into None."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
