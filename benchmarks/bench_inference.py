@@ -34,12 +34,14 @@ from scipy import ndimage
 from torch import nn
 
 from model import preprocess
+from model.analysis import AnalysisSettings, interpret
 from model.inference import INFERENCE_BATCH, BodyPartRegressor, ModelMeta, SliceScores
 from model.io import load_volumes
 from model.io_nifti import read_nifti
 from model.network import STAGE_CHANNELS, SliceScoreNet, VGG16Baseline, count_parameters
 from model.paths import DEFAULT_META, DEFAULT_WEIGHTS, shared_data_dir
-from model.predict import prediction_document, write_json
+from model.postprocess import body_pixel_counts
+from model.predict import write_json
 from model.volume import CTVolume
 from tests.dicom_factory import write_ct_series
 
@@ -138,7 +140,8 @@ def run_pipeline(folder: Path, regressor: BodyPartRegressor, out: Path) -> dict[
     raw = regressor.raw_scores(slices)
     result = SliceScores(z_mm=volume.z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
     t.append(time.perf_counter())
-    write_json(prediction_document(volume, result, regressor), out)
+    analysis = interpret(volume, result, body_pixel_counts(slices), regressor, AnalysisSettings())
+    write_json(analysis.to_json_dict(), out)
     t.append(time.perf_counter())
     return dict(zip(STAGES, np.diff(t).tolist(), strict=True))
 

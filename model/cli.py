@@ -9,7 +9,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -18,6 +20,9 @@ from model.alignment import add_align_command
 from model.cropping import add_crop_command
 from model.paths import DEFAULT_WEIGHTS, shared_data_dir
 from model.volume import CTInputError
+
+if TYPE_CHECKING:
+    from model.analysis import BodyPartResult
 
 log = logging.getLogger("bpr")
 
@@ -88,13 +93,16 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="JSON file when there is one series, else a folder of JSON files")
     p.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="weights (.pt)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--plot", action="store_true",
+                   help="also write a PNG of the score curve beside each JSON")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from model.analysis import analyze
     from model.inference import BodyPartRegressor
     from model.io import load_volumes
-    from model.predict import output_name, prediction_document, write_json
+    from model.predict import output_name, write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,15 +127,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for i, volume in enumerate(tqdm(volumes, desc="predict", unit="series",
                                     disable=len(volumes) < 2)):
         try:
-            document = prediction_document(volume, regressor.score_volume(volume), regressor)
+            result = analyze(volume, regressor)
         except (ValueError, RuntimeError) as exc:
             print(f"error: {volume.source}: scoring failed: {exc}", file=sys.stderr)
             failures += 1
             continue
         target = args.out if single else args.out / output_name(volume, i)
-        write_json(document, target)
-        print(f"{volume.identity}: {volume.n_slices} slices -> {target}")
+        write_json(result.to_json_dict(), target)
+        if args.plot:
+            _plot_result(result, target.with_suffix(".png"))
+        print(f"{volume.identity}: {volume.n_slices} slices, "
+              f"{result.body_part_examined or 'no term'} -> {target}")
     return 1 if failures else 0
+
+
+def _plot_result(result: BodyPartResult, png: Path) -> None:
+    from model.plot import plot_scores
+
+    regions = {name: (r.z_min_mm, r.z_max_mm) for name, r in result.regions.items()
+               if r is not None}
+    landmarks = {name: entry.score for name, entry in result.landmark_table.items()}
+    cleaned = [np.nan if s is None else s for s in result.cleaned_scores]
+    plot_scores(png, result.patient_z_mm, result.unprocessed_scores, cleaned,
+                title=f"{Path(result.source).name}: {result.body_part_examined or 'no term'}",
+                regions=regions, landmarks=landmarks)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

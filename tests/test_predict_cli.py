@@ -28,10 +28,13 @@ def test_predict_nifti_writes_strict_json_with_rising_scores(shared_data: Path,
     doc = _strict_load(out)
     n = doc["input"]["n_slices"]
     assert len(doc["patient_z_mm"]) == len(doc["slice_scores"]) == len(doc["z"]) == n
-    assert doc["unprocessed slice scores"] == doc["slice_scores"]
+    raw = doc["unprocessed slice scores"]
+    assert len(raw) == n and None not in raw
     assert np.all(np.diff(doc["patient_z_mm"]) > 0)
-    assert spearmanr(doc["slice_scores"], doc["patient_z_mm"])[0] > 0.98
+    assert spearmanr(raw, doc["patient_z_mm"])[0] > 0.98
     assert doc["model"]["version"].startswith("ssbr-")
+    assert doc["body_part_examined"] == "CHEST"
+    assert doc["reverse_z_ordering"] is False and doc["valid_z_spacing"] is True
 
 
 def test_predict_tilted_ge_head_series(shared_data: Path, tmp_path: Path) -> None:
@@ -44,11 +47,12 @@ def test_predict_tilted_ge_head_series(shared_data: Path, tmp_path: Path) -> Non
     steps = np.round(np.diff(z), 2)
     assert np.isclose(steps, 4.22, atol=0.02).sum() == 13  # positions of the tilted centres
     assert any("tilt" in w for w in doc["input"]["warnings"])
-    scores = np.array(doc["slice_scores"])
+    scores = np.array(doc["unprocessed slice scores"])
     # The top 3 slices cut through the skull cap, above anything in the training data: their
-    # raw scores fall (tail removal in post-processing drops them).
+    # raw scores fall, and tail removal drops them from the cleaned scores.
     assert spearmanr(scores[:-3], z[:-3])[0] > 0.9
     assert np.median(scores) > 84.7  # above the mandible's reference score: a head scan
+    assert doc["slice_scores"][-1] is None and doc["slice_scores"][0] is not None
 
 
 def test_batch_goes_on_after_bad_inputs(shared_data: Path, tmp_path: Path,
@@ -59,11 +63,12 @@ def test_batch_goes_on_after_bad_inputs(shared_data: Path, tmp_path: Path,
     out = tmp_path / "out"
     code = main(["predict", str(shared_data / "ct" / "openkbp_pt_2.nii.gz"),
                  str(shared_data / "dicom" / "totalseg_example_ct_dicom"), str(junk.parent),
-                 str(tmp_path / "missing.nii.gz"), "--out", str(out)])
+                 str(tmp_path / "missing.nii.gz"), "--out", str(out), "--plot"])
     assert code == 1
     err = capsys.readouterr().err
     assert "junk.dcm" in err and "missing.nii.gz" in err
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.glob("*.json"))
     assert len(written) == 2 and "openkbp_pt_2.json" in written
-    for p in out.iterdir():
+    for p in out.glob("*.json"):
         _strict_load(p)
+        assert p.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
