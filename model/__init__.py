@@ -1,7 +1,7 @@
 """Body part regression: map every axial CT slice to a body-height score.
 
 The package is self-contained and never imports :mod:`dicom_node`. The one call the node
-makes is :func:`model.inference.score_volume` on a :class:`model.volume.CTVolume`.
+makes is :func:`model.analysis.analyze` on a :class:`model.volume.CTVolume`.
 """
 
 __version__ = "0.1.0"

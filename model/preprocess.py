@@ -25,11 +25,6 @@ INPUT_SIZE = 128
 CHUNK_SLICES = 64
 
 
-def hu_to_unit(hu: torch.Tensor) -> torch.Tensor:
-    """Clip HU and rescale to [-1, 1]."""
-    return (hu.clamp(HU_MIN, HU_MAX) - HU_MIN) * (2.0 / (HU_MAX - HU_MIN)) - 1.0
-
-
 def _crop_or_pad(x: torch.Tensor, size: int) -> torch.Tensor:
     """Centre-crop or pad (with -1, air) the last two axes to ``size``."""
     out = x.new_full((*x.shape[:-2], size, size), -1.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from model.evaluate import EvalItem, read_manifest
 from model.inference import BodyPartRegressor, ModelMeta, SliceScores
 from model.io_nifti import read_nifti
 from model.network import SliceScoreNet
-from model.paths import DEFAULT_WEIGHTS
 from model.postprocess import ScoreCurve
 from model.sanity import AnomalyCode, Severity
 from model.volume import CTVolume
@@ -184,20 +182,6 @@ def test_postprocessing_statistics_from_curves() -> None:
 MANIFEST_REGION = {"HEAD": "head", "NECK": "neck", "CHEST": "chest", "ABDOMEN": "abdomen",
                    "PELVIS": "pelvis", "LEG": "legs"}
 ORDER = ("legs", "pelvis", "abdomen", "chest", "neck", "head")
-
-
-@pytest.fixture(scope="module")
-def regressor() -> BodyPartRegressor:
-    weights = Path(os.environ.get("BPR_TEST_WEIGHTS", str(DEFAULT_WEIGHTS)))
-    if not weights.exists():
-        pytest.skip(f"no model weights at {weights}")
-    reg = BodyPartRegressor.load(weights)
-    missing = [k for k in ("slope_per_mm", "slope_ratio_range", "tangential_slope")
-               if k not in reg.meta.statistics]
-    if missing:
-        pytest.skip(f"{weights.with_suffix('.json')} lacks statistics {missing} "
-                    "(model.analysis.postprocessing_statistics)")
-    return reg
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from model.analysis import (
 from model.evaluate import read_manifest
 from model.inference import BodyPartRegressor, SliceScores
 from model.io_nifti import read_nifti
-from model.paths import DEFAULT_WEIGHTS
 from model.postprocess import CleanedScores, clean_scores
 from model.sanity import (
     AnomalyCode,
@@ -222,20 +220,6 @@ class Scored:
     volume: CTVolume
     scores: SliceScores
     body: np.ndarray
-
-
-@pytest.fixture(scope="module")
-def regressor() -> BodyPartRegressor:
-    weights = Path(os.environ.get("BPR_TEST_WEIGHTS", str(DEFAULT_WEIGHTS)))
-    if not weights.exists():
-        pytest.skip(f"no model weights at {weights}")
-    reg = BodyPartRegressor.load(weights)
-    missing = [k for k in ("slope_per_mm", "slope_ratio_range", "tangential_slope")
-               if k not in reg.meta.statistics]
-    if missing:
-        pytest.skip(f"{weights.with_suffix('.json')} lacks statistics {missing} "
-                    "(model.analysis.postprocessing_statistics)")
-    return reg
 
 
 @pytest.fixture(scope="module")
