@@ -31,6 +31,10 @@ class AugmentConfig:
     brightness_p: float = 0.5
     frame_diameter: float = 0.75
     frame_p: float = 0.25
+    # Not in table 4.4: small-FOV crops (limb series, tumour boxes) show a patch of tissue in air.
+    # Masking all but a random box teaches the network to place such patches by their content.
+    small_fov_p: float = 0.0
+    small_fov_width: tuple[float, float] = (0.2, 0.6)  # box side as a fraction of the FOV
 
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -105,12 +109,31 @@ def _frame(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> torch.Ten
     return x.masked_fill(mask, -1.0)
 
 
+def _small_fov(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """Set everything outside a random box to air, as in a tight crop padded to the input size."""
+    n, _, h, w = x.shape
+    apply = _chance(g, n, cfg.small_fov_p)
+    if not bool(apply.any()):
+        return x
+    half = _uniform(g, n, *cfg.small_fov_width)  # half-side in [-1, 1] coordinates = fraction of FOV
+    cy = _uniform(g, n, -0.5, 0.5)
+    cx = _uniform(g, n, -0.5, 0.5)
+    yy = torch.linspace(-1, 1, h)[None, :, None]
+    xx = torch.linspace(-1, 1, w)[None, None, :]
+    inside = ((yy - cy[:, None, None]).abs() <= half[:, None, None]) & (
+        (xx - cx[:, None, None]).abs() <= half[:, None, None]
+    )
+    mask = apply[:, None, None, None] & ~inside[:, None]
+    return x.masked_fill(mask, -1.0)
+
+
 def augment(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig | None = None) -> torch.Tensor:
     """Apply all augmentations of table 4.4 with independent parameters per slice."""
     cfg = cfg or AugmentConfig()
     x = _geometric(x, g, cfg)
     x = _blur(x, g, cfg)
     x = _intensity(x, g, cfg)
-    return _frame(x, g, cfg)
+    x = _frame(x, g, cfg)
+    return _small_fov(x, g, cfg) if cfg.small_fov_p > 0 else x
 
 

@@ -48,6 +48,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--small-fov-p", type=float, default=0.0,
+                   help="share of slices masked to a random small box (limb and tumour crops)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--phantom-variants", type=int, default=0,
@@ -76,7 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         volumes_per_batch=args.volumes_per_batch, slices_per_volume=args.slices_per_volume,
         delta_h_min_mm=args.delta_h[0], delta_h_max_mm=args.delta_h[1], loss=args.loss,
         beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
-        augment=not args.no_augment, threads=args.threads,
+        augment=not args.no_augment, small_fov_p=args.small_fov_p, threads=args.threads,
         extra={"phantom_variants": str(args.phantom_variants)},
     )
     log.info("training on %d volumes, validating on %d", len(train_v), len(val_v))

@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True
+    small_fov_p: float = 0.0  # share of slices masked to a small box (see augment.AugmentConfig)
     threads: int = 0  # 0: torch default
     channels: tuple[int, ...] = STAGE_CHANNELS
     val_samples_per_volume: int = 8
@@ -155,6 +156,7 @@ def train(
                                                 pct_start=0.05)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    augment_cfg = aug.AugmentConfig(small_fov_p=cfg.small_fov_p)
     start_epoch = 0
     ckpt_path = out_dir / "last.pt"
     if resume and ckpt_path.exists():
@@ -179,7 +181,7 @@ def train(
             picks = rng.choice(len(train_volumes), size=cfg.volumes_per_batch, p=weights)
             x, dh = _gather(rng, train_volumes, picks, cfg)
             if cfg.augment:
-                x = aug.augment(x, gen)
+                x = aug.augment(x, gen, augment_cfg)
             loss = batch_loss(net, x, dh, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

@@ -1,0 +1,240 @@
+"""The sidecar index: SQLAlchemy models of what the node holds and what it found.
+
+Four tables, one row per thing a user asks about:
+
+- :class:`Study` — patient and study attributes (the C-FIND patient and study levels);
+- :class:`Series` — series attributes, the original and corrected BodyPartExamined, the
+  analysis job state and its results (:class:`Region` rows hold the slice ranges);
+- :class:`Instance` — one stored file: its SOP UIDs and its server-chosen relative path;
+- :class:`ForwardJob` — one SR to send to one peer, with its retry state.
+
+Times are UTC seconds since the epoch (floats), so that ordering and arithmetic work the same on
+SQLite and PostgreSQL. The database URL comes from ``database.url``; the SQLite default uses
+WAL and a busy timeout so that receive threads, workers and the CLI can share it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+
+class SeriesState(enum.StrEnum):
+    """Where a series is in its life (the analysis job state)."""
+
+    RECEIVING = "RECEIVING"  # instances arriving; analysis due after the quiet time
+    QUEUED = "QUEUED"  # complete, waiting for a worker
+    PROCESSING = "PROCESSING"  # a worker is analyzing it
+    DONE = "DONE"  # analyzed; results and SR written
+    FAILED = "FAILED"  # analysis failed; ``error`` says why
+    SKIPPED = "SKIPPED"  # stored and indexed, not analyzed (``error`` says why: not CT, our SR)
+
+
+class ForwardState(enum.StrEnum):
+    """State of one SR sent to one peer."""
+
+    PENDING = "PENDING"  # due at ``next_attempt_at``
+    DONE = "DONE"  # the peer answered success (or warning)
+    FAILED = "FAILED"  # permanent rejection, or ``forwarding.max_attempts`` used up
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the index models."""
+
+
+class Study(Base):
+    """One study, with the patient attributes it was received with."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    referring_physician_name: Mapped[str] = mapped_column(String(324), default="")
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    """One series: attributes, job state, and what the analysis found."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    series_date: Mapped[str] = mapped_column(String(8), default="")
+    #: BodyPartExamined as received (first instance that carried one).
+    original_body_part: Mapped[str] = mapped_column(String(16), default="")
+    #: True for the SR series this node wrote (never analyzed).
+    is_derived: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: For a derived SR series: the series it reports on.
+    source_series_pk: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True)
+
+    state: Mapped[SeriesState] = mapped_column(Enum(SeriesState, native_enum=False, length=16),
+                                               default=SeriesState.RECEIVING, index=True)
+    first_received_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float)
+    instances_received: Mapped[int] = mapped_column(Integer, default=0)
+    #: Set when instances arrive while the series is being analyzed: one re-analysis follows.
+    rerun_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Completed analyses so far (1 after the first; +1 per re-analysis).
+    analysis_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    corrected_body_part: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    corrected_snomed_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    corrected_snomed_meaning: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: Sanity flags that fired (comma-separated anomaly codes), empty when none.
+    sanity_flags: Mapped[str] = mapped_column(String(256), default="")
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    analyzed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Seconds: series completion (quiet time over) → analysis start; analysis; SR writing.
+    wait_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    analysis_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sr_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: The model's full result (strict JSON, :meth:`model.analysis.BodyPartResult.to_json_dict`).
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Why the series failed or was skipped.
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+    regions: Mapped[list[Region]] = relationship(back_populates="series",
+                                                 cascade="all, delete-orphan")
+
+
+class Region(Base):
+    """Slices of one body region found in a series (thesis eq. 4.18)."""
+
+    __tablename__ = "regions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    name: Mapped[str] = mapped_column(String(32))
+    first_slice: Mapped[int] = mapped_column(Integer)
+    last_slice: Mapped[int] = mapped_column(Integer)
+    z_min_mm: Mapped[float] = mapped_column(Float)
+    z_max_mm: Mapped[float] = mapped_column(Float)
+
+    series: Mapped[Series] = relationship(back_populates="regions")
+
+
+class Instance(Base):
+    """One stored DICOM file."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    #: Path relative to ``storage.root``; chosen by the server, never from a peer value.
+    path: Mapped[str] = mapped_column(String(255), unique=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[float] = mapped_column(Float)
+    #: Calling AE title of the sender ("" for instances the node wrote itself).
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class ForwardJob(Base):
+    """One SR instance to send to one peer."""
+
+    __tablename__ = "forward_jobs"
+    __table_args__ = (UniqueConstraint("instance_pk", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_pk: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(16))
+    state: Mapped[ForwardState] = mapped_column(Enum(ForwardState, native_enum=False, length=16),
+                                                default=ForwardState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    done_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    instance: Mapped[Instance] = relationship()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the tables created; SQLite gets WAL and a busy timeout."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer; synchronous=FULL: a commit survives power loss,
+    # which the C-STORE success status promises.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Index:
+    """Sessions on the index database."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on any exception."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def close(self) -> None:
+        """Release all connections."""
+        self.engine.dispose()

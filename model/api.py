@@ -1,0 +1,72 @@
+"""The one door between the DICOM node and the model.
+
+:func:`analyze_series` takes the files of one received series and returns, per CT volume
+found in them, the full :class:`~model.analysis.BodyPartResult` together with the SOP
+Instance UID of every scored slice, so that the node can reference source images in its SR
+without reading the files a second time. The node imports nothing else from :mod:`model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.analysis import AnalysisSettings, BodyPartResult, analyze
+from model.inference import BodyPartRegressor
+from model.io_dicom import read_dicom_series
+from model.volume import CTInputError
+
+__all__ = ["BodyPartRegressor", "CTInputError", "SeriesAnalysis", "analyze_series"]
+
+
+@dataclass(frozen=True)
+class SeriesAnalysis:
+    """What the model found in the files of one series.
+
+    Attributes
+    ----------
+    results : tuple of BodyPartResult
+        One per CT volume assembled from the files (normally one per series).
+    slice_sop_instance_uids : tuple of tuple of str
+        For each result, the SOP Instance UID of each slice, in the result's slice order
+        (feet → head); a multi-frame instance repeats its UID once per frame.
+    read_errors : tuple of str
+        One message per file or series the reader rejected (not fatal while some volume
+        remains).
+    """
+
+    results: tuple[BodyPartResult, ...]
+    slice_sop_instance_uids: tuple[tuple[str, ...], ...]
+    read_errors: tuple[str, ...]
+
+
+def analyze_series(paths: Sequence[Path], regressor: BodyPartRegressor | None = None,
+                   settings: AnalysisSettings | None = None) -> SeriesAnalysis:
+    """Read DICOM files of one series and analyze every CT volume they hold.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        The files; values inside them are never used to build paths.
+    regressor : BodyPartRegressor, optional
+        Default: the shipped model, loaded once per process.
+    settings : AnalysisSettings, optional
+
+    Returns
+    -------
+    SeriesAnalysis
+
+    Raises
+    ------
+    CTInputError
+        When no CT volume can be assembled; the message lists the reader's reasons.
+    """
+    read = read_dicom_series(paths)
+    if not read.volumes:
+        reasons = "; ".join(read.errors) or "no readable CT image in the series"
+        raise CTInputError(reasons)
+    results = tuple(analyze(volume, regressor, settings=settings) for volume in read.volumes)
+    uids = tuple(tuple(volume.sop_instance_uids) for volume in read.volumes)
+    return SeriesAnalysis(results=results, slice_sop_instance_uids=uids,
+                          read_errors=tuple(read.errors))
