@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 #: What decoding a hostile value can raise (pydicom has no single exception type for it).
-DECODE_ERRORS: tuple[type[BaseException], ...] = (
+DECODE_ERRORS: tuple[type[Exception], ...] = (
     ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
     NotImplementedError, struct.error, EOFError, InvalidDicomError, RecursionError,
 )
@@ -164,7 +164,9 @@ def integer(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return None if value is None or value == "" else int(value)
-    except (*DECODE_ERRORS, ArithmeticError):
+    except DECODE_ERRORS:
+        return None
+    except ArithmeticError:
         return None
 
 
