@@ -319,6 +319,8 @@ def _validate(config: NodeConfig) -> NodeConfig:
     if fwd.max_attempts < 1:
         problems.append("forwarding.max_attempts must be at least 1")
     titles = [p.ae_title for p in config.peers]
+    if config.security.require_known_peers and not titles:
+        problems.append("peers: none listed, but security.require_known_peers refuses all others")
     for peer in config.peers:
         if not _AE_TITLE.match(peer.ae_title) or peer.ae_title != peer.ae_title.strip():
             problems.append(f"peers: {peer.ae_title!r} is not a valid AE title")

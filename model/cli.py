@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -218,7 +218,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Adds one sub-command to the ``bpr`` parser (the node adds serve, index and reprocess).
+CommandRegistrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def build_parser(extra_commands: Sequence[CommandRegistrar] = ()) -> argparse.ArgumentParser:
+    """The ``bpr`` parser with the model's commands and any ``extra_commands``."""
     parser = argparse.ArgumentParser(prog="bpr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bpr {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -228,11 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     add_crop_command(sub)
     add_align_command(sub)
+    for register in extra_commands:
+        register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None,
+         extra_commands: Sequence[CommandRegistrar] = ()) -> int:
+    args = build_parser(extra_commands).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args))

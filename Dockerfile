@@ -1,0 +1,29 @@
+# The bpr DICOM node. Build: docker build -t bpr-node .
+# Run:   docker run -p 11112:11112 -v bpr-data:/data bpr-node
+# Mount your own config.yaml at /etc/bpr/config.yaml to add peers (see README "Add it to your PACS").
+FROM python:3.11-slim
+
+RUN useradd --system --create-home --home-dir /home/bpr bpr \
+    && mkdir -p /data /etc/bpr && chown bpr /data
+
+WORKDIR /opt/bpr
+COPY pyproject.toml README.md ./
+COPY model ./model
+COPY dicom_node ./dicom_node
+# CPU build of torch: the node needs no GPU (≈1 s per 500-slice series on 4 cores).
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install --no-cache-dir .
+
+# The shipped config, listening on all interfaces and keeping everything under /data.
+COPY config.yaml /etc/bpr/config.yaml
+RUN sed -i -e 's|^  host: 127.0.0.1 |  host: 0.0.0.0   |' \
+           -e 's|^  root: bpr-data/storage|  root: /data/storage|' \
+           -e 's|sqlite:///bpr-data/index.sqlite|sqlite:////data/index.sqlite|' \
+           /etc/bpr/config.yaml
+
+USER bpr
+VOLUME /data
+EXPOSE 11112
+HEALTHCHECK --interval=30s --timeout=10s CMD python -c "import socket; socket.create_connection(('127.0.0.1', 11112), 5)"
+ENTRYPOINT ["bpr"]
+CMD ["serve", "--config", "/etc/bpr/config.yaml"]

@@ -1,0 +1,173 @@
+"""Ingest throughput of the node beside a bare pynetdicom SCP, and completion → SR latency.
+
+Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64]``
+
+1. Instances/s with 1 and 4 concurrent DCMTK ``storescu`` senders, each sending its own copies
+   of a real CT series (``../shared/data``), against (a) ``bpr serve`` — validate, fsync, index,
+   track — and (b) a bare pynetdicom SCP in a subprocess that only writes each dataset to a file
+   (no fsync, no index): the baseline of the same run, reported as a ratio.
+2. Seconds from series completion (last instance acknowledged + quiet time) to the SR being
+   stored and indexed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from dicom_node.index import Index, Instance, Series
+from tests.node_harness import (
+    NodeProcess,
+    free_port,
+    real_ct_series,
+    storescu,
+    wait_for,
+    write_config,
+)
+
+_BARE_SCP = """
+import sys, uuid
+from pathlib import Path
+from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
+out = Path(sys.argv[2])
+def store(event):
+    (out / (uuid.uuid4().hex + ".dcm")).write_bytes(event.encoded_dataset())
+    return 0
+ae = AE("BPR_NODE")
+ae.maximum_associations = 16
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, store)])
+"""
+
+
+def _send_all(port: int, batches: list[list[Path]]) -> float:
+    """Send each batch from its own storescu at once; seconds until all acknowledged."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(batches)) as pool:
+        results = list(pool.map(lambda files: storescu(port, files), batches))
+    seconds = time.perf_counter() - t0
+    failed = [r.stderr[-300:] for r in results if r.returncode != 0]
+    if failed:
+        raise RuntimeError(f"storescu failed: {failed[0]}")
+    return seconds
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError("server not listening")
+
+
+def _bare(batches: list[list[Path]], work: Path) -> float:
+    port = free_port()
+    out = work / f"bare-{port}"
+    out.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", _BARE_SCP, str(port), str(out)])
+    try:
+        _wait_port(port, process)
+        return _send_all(port, batches)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _node(batches: list[list[Path]], work: Path) -> float:
+    port = free_port()
+    folder = work / f"node-{port}"
+    folder.mkdir()
+    # No analysis during the ingest measurement: the quiet time outlasts it.
+    config = write_config(folder, port, quiet_seconds=3600)
+    node = NodeProcess(config)
+    try:
+        node.wait_listening(port)
+        seconds = _send_all(port, batches)
+    finally:
+        node.stop()
+    index = Index(f"sqlite:///{folder / 'index.sqlite'}")
+    with index.session() as db:
+        stored = db.scalar(select(func.count(Instance.id)))
+    index.close()
+    expected = sum(len(b) for b in batches)
+    if stored != expected:
+        raise RuntimeError(f"node indexed {stored} of {expected} instances")
+    return seconds
+
+
+def _latency(series: list[Path], work: Path, quiet: float) -> tuple[float, float]:
+    """(completion → SR seconds, analysis seconds recorded by the node)."""
+    port = free_port()
+    folder = work / "latency"
+    folder.mkdir()
+    config = write_config(folder, port, quiet_seconds=quiet, series={"torch_threads": 0})
+    node = NodeProcess(config)
+    index = Index(f"sqlite:///{folder / 'index.sqlite'}")
+    try:
+        node.wait_listening(port)
+        # Warm the model once so the figure is the steady state, not the first-load cost.
+        _send_all(port, [series[:1]])
+
+        def sr_count() -> int:
+            with index.session() as db:
+                return int(db.scalar(select(func.count(Series.id))
+                                     .where(Series.is_derived.is_(True))) or 0)
+
+        wait_for(lambda: sr_count() == 1, 120, "warm-up SR")
+        _send_all(port, [series[1:]])
+        complete = time.perf_counter() + quiet
+        wait_for(lambda: sr_count() == 2, 300, "SR")
+        latency = time.perf_counter() - complete
+        with index.session() as db:
+            analysis = db.scalars(select(Series.analysis_seconds).where(
+                Series.is_derived.is_(False))).one()
+    finally:
+        node.stop()
+        index.close()
+    return latency, float(analysis or 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--series", type=int, default=4, help="series copies per sender")
+    parser.add_argument("--slices", type=int, default=64, help="slices per series")
+    parser.add_argument("--quiet", type=float, default=2.0, help="quiet time for the latency run")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        # Distinct UIDs per copy: every instance is new to the node.
+        copies = [real_ct_series(work / "in" / str(i), "openkbp_pt_15", pixel_step=1,
+                                 slices=slice(0, args.slices))
+                  for i in range(4 * args.series)]
+        print(f"{len(copies)} series × {args.slices} slices of 512² CT "
+              f"({sum(p.stat().st_size for p in copies[0]) / 1e6:.1f} MB per series)")
+        print(f"{'senders':>8} {'bare SCP inst/s':>16} {'node inst/s':>12} {'node/bare':>10}")
+        for senders in (1, 4):
+            per = copies[: senders * args.series]
+            batches = [[f for series in per[i::senders] for f in series] for i in range(senders)]
+            n = sum(len(b) for b in batches)
+            bare = n / _bare(batches, work)
+            node = n / _node(batches, work)
+            print(f"{senders:>8} {bare:>16.1f} {node:>12.1f} {node / bare:>10.2f}")
+        latency, analysis = _latency(copies[0], work, args.quiet)
+        print(f"series completion → SR stored: {latency:.2f} s "
+              f"(analysis {analysis:.2f} s of it; quiet time {args.quiet:.0f} s not counted)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Analysis off the receive threads: a bounded pool that analyzes QUEUED series.
+
+Per series: QUEUED → PROCESSING → DONE or FAILED. The worker reads the stored files, makes the
+model's single call (:func:`model.api.analyze_series`), records the corrected BodyPartExamined,
+regions, sanity flags, model version and timings, then writes the SR, stores and indexes it
+like a received instance and queues its forwarding. A series is never analyzed by two workers
+at once; instances that arrive during an analysis make it RECEIVING again afterwards, so one
+re-analysis follows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
+from sqlalchemy import update
+
+from dicom_node.config import NodeConfig
+from dicom_node.forwarding import enqueue_forwards
+from dicom_node.index import Index, Region, Series, SeriesState
+from dicom_node.ingest import DECODE_ERRORS, ingest, read_header
+from dicom_node.sr import build_sr
+from dicom_node.storage import FileStore
+from model.api import BodyPartRegressor, CTInputError, SeriesAnalysis, analyze_series
+
+log = logging.getLogger(__name__)
+
+#: Errors of one analysis that fail that series and leave the worker running.
+ANALYSIS_ERRORS: tuple[type[Exception], ...] = (
+    CTInputError, *DECODE_ERRORS, OSError, RuntimeError, MemoryError, ArithmeticError,
+)
+_HEADER_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, OSError)
+
+
+class AnalysisWorker:
+    """The pool of analysis threads.
+
+    Parameters
+    ----------
+    index, store, config
+    on_finished : callable
+        Called with the series primary key, its new state and the SR instance primary key
+        (None when no SR was written) after each analysis; the node uses it to forward, and
+        to reschedule series that received instances meanwhile (state RECEIVING).
+    """
+
+    def __init__(self, index: Index, store: FileStore, config: NodeConfig,
+                 on_finished: Callable[[int, SeriesState, int | None], None] | None = None) -> None:
+        self.index = index
+        self.store = store
+        self.config = config
+        self.on_finished = on_finished
+        self._pool = ThreadPoolExecutor(max_workers=config.series.workers,
+                                        thread_name_prefix="bpr-analysis")
+        self._active: set[int] = set()
+        self._lock = threading.Lock()
+        self._regressor: BodyPartRegressor | None = None
+        self._regressor_lock = threading.Lock()
+
+    def regressor(self) -> BodyPartRegressor:
+        """The model, loaded once (first analysis) and shared by the worker threads."""
+        with self._regressor_lock:
+            if self._regressor is None:
+                if self.config.series.torch_threads:
+                    torch.set_num_threads(self.config.series.torch_threads)
+                weights = self.config.series.model_weights
+                self._regressor = (BodyPartRegressor.load(weights) if weights
+                                   else BodyPartRegressor.load())
+            return self._regressor
+
+    def submit(self, series_pk: int) -> None:
+        """Analyze the series soon (ignored while a worker already has it)."""
+        with self._lock:
+            if series_pk in self._active:
+                return
+            self._active.add(series_pk)
+        self._pool.submit(self._run_guarded, series_pk)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking work; with ``wait`` finish the analyses under way."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    def _run_guarded(self, series_pk: int) -> None:
+        try:
+            self.run(series_pk)
+        finally:
+            with self._lock:
+                self._active.discard(series_pk)
+
+    def run(self, series_pk: int) -> SeriesState | None:
+        """Analyze one QUEUED series now, in this thread; returns its final state."""
+        with self.index.session() as session:
+            # A conditional UPDATE claims the series: two workers (or a worker and
+            # `bpr reprocess` in another process) can never both analyze it.
+            claimed = session.execute(
+                update(Series).where(Series.id == series_pk,
+                                     Series.state == SeriesState.QUEUED)
+                .values(state=SeriesState.PROCESSING, rerun_requested=False))
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            series = session.get_one(Series, series_pk)
+            series.wait_seconds = max(0.0, time.time() - series.last_received_at
+                                      - self.config.series.quiet_seconds)
+            paths = [self.store.absolute(i.path) for i in series.instances]
+        log.info("series %d: analyzing %d instances", series_pk, len(paths))
+        t0 = time.perf_counter()
+        try:
+            analysis = analyze_series(paths, self.regressor())
+        except ANALYSIS_ERRORS as exc:
+            return self._fail(series_pk, exc)
+        analysis_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        sr_pk: int | None = None
+        if self.config.sr.enabled:
+            try:
+                sr_pk = self._write_sr(series_pk, analysis, paths)
+            except ANALYSIS_ERRORS as exc:
+                return self._fail(series_pk, exc, stage="SR")
+        state = self._record(series_pk, analysis, analysis_seconds, time.perf_counter() - t1)
+        log.info("series %d: %s in %.1f s", series_pk, state.value, analysis_seconds)
+        if self.on_finished is not None:
+            self.on_finished(series_pk, state, sr_pk)
+        return state
+
+    def _write_sr(self, series_pk: int, analysis: SeriesAnalysis, paths: list[Path]) -> int:
+        headers = [_header(p) for p in paths]
+        sr = build_sr(analysis, [h for h in headers if h is not None], self.config.sr)
+        buffer = io.BytesIO()
+        dcmwrite(buffer, sr, enforce_file_format=True)
+        data = buffer.getvalue()
+        stored = ingest(self.index, self.store, data, read_header(data), source_ae="",
+                        analyzed_modalities=self.config.series.analyzed_modalities,
+                        derived_from=series_pk)
+        with self.index.session() as session:
+            enqueue_forwards(session, stored.instance_pk, self.config, time.time())
+        return stored.instance_pk
+
+    def _record(self, series_pk: int, analysis: SeriesAnalysis, analysis_seconds: float,
+                sr_seconds: float) -> SeriesState:
+        main = max(analysis.results, key=lambda r: r.n_slices)
+        with self.index.session() as session:
+            series = session.get_one(Series, series_pk)
+            series.corrected_body_part = main.body_part_examined
+            series.corrected_snomed_code = main.snomed.snomed_code if main.snomed else None
+            series.corrected_snomed_meaning = main.snomed.snomed_meaning if main.snomed else None
+            series.sanity_flags = ",".join(sorted({a.code.value for a in main.anomalies}))
+            series.model_version = main.model_version
+            series.analyzed_at = time.time()
+            series.analysis_seconds = analysis_seconds
+            series.sr_seconds = sr_seconds if self.config.sr.enabled else None
+            document = main.to_json_dict()
+            document["read_errors"] = list(analysis.read_errors)
+            document["other_volumes"] = len(analysis.results) - 1
+            series.result_json = json.dumps(document, allow_nan=False)
+            series.error = None
+            series.regions = [
+                Region(name=name, first_slice=r.first_slice, last_slice=r.indices[-1],
+                       z_min_mm=r.z_min_mm, z_max_mm=r.z_max_mm)
+                for name, r in main.regions.items() if r is not None]
+            series.analysis_count += 1
+            series.state = (SeriesState.RECEIVING if series.rerun_requested
+                            else SeriesState.DONE)
+            series.rerun_requested = False
+            return series.state
+
+    def _fail(self, series_pk: int, exc: BaseException, stage: str = "analysis"
+              ) -> SeriesState:
+        message = f"{stage} failed: {type(exc).__name__}: {exc}"[:2000]
+        log.warning("series %d: %s", series_pk, message)
+        with self.index.session() as session:
+            series = session.get_one(Series, series_pk)
+            series.error = message
+            series.state = (SeriesState.RECEIVING if series.rerun_requested
+                            else SeriesState.FAILED)
+            series.rerun_requested = False
+            state = series.state
+        if self.on_finished is not None:
+            self.on_finished(series_pk, state, None)
+        return state
+
+
+def _header(path: Path) -> Dataset | None:
+    try:
+        return dcmread(path, stop_before_pixels=True)
+    except _HEADER_ERRORS:
+        return None
+

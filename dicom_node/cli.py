@@ -1,0 +1,199 @@
+"""``bpr``: the model's commands plus ``serve``, ``index`` and ``reprocess``.
+
+``bpr serve`` runs the node until SIGINT/SIGTERM. ``bpr index`` prints what the node holds and
+found (table, JSON or CSV). ``bpr reprocess`` analyzes series again, in this process, whether
+or not the node runs (the index claims each series, so a series is never analyzed twice at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import select, update
+
+from dicom_node.analysis_worker import AnalysisWorker
+from dicom_node.config import ConfigError, NodeConfig, load_config
+from dicom_node.index import Index, Series, SeriesState, Study
+from dicom_node.storage import FileStore
+from model import cli as model_cli
+
+log = logging.getLogger(__name__)
+
+SubParsers = argparse._SubParsersAction  # argparse gives the sub-parsers type no public name
+
+
+def _config_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="node configuration (default: ./config.yaml)")
+
+
+def _load(args: argparse.Namespace) -> NodeConfig:
+    if not args.config.is_file():
+        raise ConfigError(f"{args.config} not found (copy config.yaml from the repository)")
+    config = load_config(args.config)
+    logging.getLogger().setLevel(config.logging.level.upper())
+    # highdicom logs full SOP Instance UIDs at INFO; our logs keep identifiers out.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    return config
+
+
+def add_serve(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the DICOM node")
+    _config_argument(p)
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dicom_node.server import Node
+
+    node = Node(_load(args))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    print(f"bpr node listening on {node.config.network.host}:{node.port}", flush=True)
+    stop.wait()
+    node.stop()
+    return 0
+
+
+def add_index(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("index", help="list series with original and corrected BodyPartExamined")
+    _config_argument(p)
+    p.add_argument("--term", help="corrected BodyPartExamined term (e.g. CHEST)")
+    p.add_argument("--state", choices=[s.value for s in SeriesState])
+    p.add_argument("--since", help="study date from (YYYYMMDD)")
+    p.add_argument("--until", help="study date to (YYYYMMDD)")
+    p.add_argument("--derived", action="store_true", help="include the SR series we wrote")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(func=_index)
+
+
+#: Columns of ``bpr index`` (no patient names: the listing is for pipelines and admins).
+INDEX_COLUMNS = ("series_instance_uid", "study_date", "modality", "series_number", "state",
+                 "original_body_part", "corrected_body_part", "snomed_code", "sanity_flags",
+                 "instances", "model_version", "analysis_seconds", "error")
+
+
+def index_rows(index: Index, *, term: str | None = None, state: str | None = None,
+               since: str | None = None, until: str | None = None,
+               derived: bool = False) -> list[dict[str, Any]]:
+    """The series of the index as plain rows, filtered like ``bpr index``."""
+    query = select(Series, Study).join(Study).order_by(Series.first_received_at)
+    if not derived:
+        query = query.where(Series.is_derived.is_(False))
+    if term:
+        query = query.where(Series.corrected_body_part == term.upper())
+    if state:
+        query = query.where(Series.state == SeriesState(state))
+    if since:
+        query = query.where(Study.study_date >= since)
+    if until:
+        query = query.where(Study.study_date <= until)
+    with index.session() as session:
+        return [{
+            "series_instance_uid": s.series_instance_uid, "study_date": st.study_date,
+            "modality": s.modality, "series_number": s.series_number, "state": s.state.value,
+            "original_body_part": s.original_body_part,
+            "corrected_body_part": s.corrected_body_part, "snomed_code": s.corrected_snomed_code,
+            "sanity_flags": s.sanity_flags, "instances": s.instances_received,
+            "model_version": s.model_version,
+            "analysis_seconds": (round(s.analysis_seconds, 2)
+                                 if s.analysis_seconds is not None else None),
+            "error": s.error,
+        } for s, st in session.execute(query)]
+
+
+def _index(args: argparse.Namespace) -> int:
+    config = _load(args)
+    index = Index(config.database.url)
+    rows = index_rows(index, term=args.term, state=args.state, since=args.since,
+                      until=args.until, derived=args.derived)
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=1, allow_nan=False)
+        print()
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_table(rows)
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    columns = ("series_instance_uid", "study_date", "modality", "state", "original_body_part",
+               "corrected_body_part", "sanity_flags", "instances")
+    cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    print(f"{len(rows)} series")
+
+
+def add_reprocess(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("reprocess", help="analyze series again (by SeriesInstanceUID)")
+    _config_argument(p)
+    p.add_argument("series", nargs="*", help="SeriesInstanceUIDs")
+    p.add_argument("--failed", action="store_true", help="all FAILED series")
+    p.set_defaults(func=_reprocess)
+
+
+def _reprocess(args: argparse.Namespace) -> int:
+    config = _load(args)
+    index = Index(config.database.url)
+    store = FileStore(config.storage.root, config.storage.min_free_bytes)
+    with index.session() as session:
+        query = select(Series.id, Series.series_instance_uid).where(
+            Series.is_derived.is_(False), Series.state != SeriesState.PROCESSING)
+        if args.failed:
+            query = query.where(Series.state == SeriesState.FAILED)
+        elif args.series:
+            query = query.where(Series.series_instance_uid.in_(args.series))
+        else:
+            print("name series or pass --failed", file=sys.stderr)
+            return 2
+        targets = [(pk, uid) for pk, uid in session.execute(query)]
+        for pk, _uid in targets:
+            session.execute(update(Series).where(Series.id == pk)
+                            .values(state=SeriesState.QUEUED, error=None))
+    missing = set(args.series) - {uid for _pk, uid in targets}
+    for uid in sorted(missing):
+        print(f"not found (or being analyzed): {uid}", file=sys.stderr)
+    worker = AnalysisWorker(index, store, config)
+    failures = 0
+    for pk, uid in targets:
+        state = worker.run(pk)
+        print(f"{uid}: {state.value if state else 'skipped'}")
+        failures += state is not SeriesState.DONE
+    worker.shutdown()
+    return 1 if failures or missing else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bpr`` console script."""
+    try:
+        return model_cli.main(argv, extra_commands=(add_serve, add_index, add_reprocess))
+    except ConfigError as exc:
+        print(f"bpr: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""C-ECHO and C-STORE: receive instances and acknowledge only what is durably stored.
+
+The handler takes the dataset as the peer encoded it (no decode/re-encode round trip), decodes
+its header once to validate and index it, and answers success only after
+:func:`dicom_node.ingest.ingest` has fsynced the file and committed the index row. Every
+failure maps to a status that tells the sender to keep its copy:
+
+- 0xA700 out of resources — storage full or below ``storage.min_free_bytes``, file or database
+  write failed;
+- 0xA900 — the dataset does not match the SOP class of the file meta;
+- 0xC000 — the dataset cannot be decoded or lacks valid identifying UIDs;
+- 0x0124 — the calling AE lacks the ``store`` permission.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pynetdicom.events import Event
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_node.config import NodeConfig
+from dicom_node.index import Index
+from dicom_node.ingest import BadInstanceError, IngestResult, ingest, read_header, short_uid
+from dicom_node.security import NOT_AUTHORIZED, allowed
+from dicom_node.storage import FileStore, OutOfSpaceError
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+
+
+class StoreService:
+    """The C-ECHO and C-STORE handlers.
+
+    Parameters
+    ----------
+    index, store, config
+        Where instances go and the node's configuration.
+    on_stored : callable
+        Called with each new (non-duplicate) :class:`IngestResult` after it is durable; the
+        series tracker uses it to (re)schedule series completion.
+    """
+
+    def __init__(self, index: Index, store: FileStore, config: NodeConfig,
+                 on_stored: Callable[[IngestResult], None]) -> None:
+        self.index = index
+        self.store = store
+        self.config = config
+        self.on_stored = on_stored
+
+    def handle_echo(self, event: Event) -> int:
+        """Verification always succeeds for an accepted association."""
+        return SUCCESS
+
+    def handle_store(self, event: Event) -> int:
+        """Store one instance; the returned status is the C-STORE response status."""
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        if not allowed(self.config, calling_ae, "store"):
+            log.warning("C-STORE refused: %s lacks the store permission", calling_ae)
+            return NOT_AUTHORIZED
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            header = read_header(data)
+            result = ingest(self.index, self.store, data, header, source_ae=calling_ae,
+                            analyzed_modalities=self.config.series.analyzed_modalities)
+        except BadInstanceError as exc:
+            log.warning("C-STORE from %s rejected (0x%04X): %s", calling_ae, exc.status, exc)
+            return exc.status
+        except OutOfSpaceError as exc:
+            log.error("C-STORE from %s refused, storage full: %s", calling_ae, exc.strerror)
+            return OUT_OF_RESOURCES
+        except (OSError, SQLAlchemyError) as exc:
+            log.error("C-STORE from %s failed to persist: %s", calling_ae, type(exc).__name__)
+            return OUT_OF_RESOURCES
+        if not result.duplicate:
+            log.debug("stored %s from %s", short_uid(header.SOPInstanceUID), calling_ae)
+            self.on_stored(result)
+        return SUCCESS

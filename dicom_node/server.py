@@ -1,0 +1,160 @@
+"""The node: one Application Entity wired to storage, index, tracking, analysis and forwarding.
+
+:class:`Node` owns the long-lived parts and their start/stop order. At start-up it first makes
+the storage consistent (crash leftovers removed, complete files that never got their index row
+stored again), then recomputes from the index which series are due, then listens.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    QueryRetrievePresentationContexts,
+    VerificationPresentationContexts,
+    evt,
+)
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
+
+from dicom_node.analysis_worker import AnalysisWorker
+from dicom_node.config import NodeConfig
+from dicom_node.forwarding import Forwarder
+from dicom_node.index import Index, Instance, Series, SeriesState
+from dicom_node.ingest import BadInstanceError, ingest, read_header
+from dicom_node.query import QueryRetrieveService
+from dicom_node.receive import StoreService
+from dicom_node.security import server_ssl_context
+from dicom_node.series_tracking import SeriesTracker
+from dicom_node.storage import FileStore
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """The running DICOM node.
+
+    Parameters
+    ----------
+    config : NodeConfig
+        Validated configuration (:func:`dicom_node.config.load_config`).
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.index = Index(config.database.url)
+        self.store = FileStore(config.storage.root, config.storage.min_free_bytes)
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.worker = AnalysisWorker(self.index, self.store, config,
+                                     on_finished=self._analysis_finished)
+        self.tracker = SeriesTracker(self.index, self.scheduler, config.series.quiet_seconds,
+                                     self.worker.submit)
+        self.forwarder = Forwarder(self.index, self.store, config)
+        self.store_service = StoreService(self.index, self.store, config,
+                                          on_stored=self.tracker.on_stored)
+        self.query_service = QueryRetrieveService(self.index, self.store, config)
+        self.ae = self._application_entity()
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with port 0 in tests)."""
+        assert self._server is not None, "node not started"
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Recover, then listen (returns at once; the server runs in threads)."""
+        self.recover_storage()
+        self.scheduler.start()
+        self.forwarder.start(self.scheduler)
+        counts = self.tracker.recover()
+        log.info("recovered series: %s", counts)
+        net = self.config.network
+        self._server = self.ae.start_server(
+            (net.host, net.port), block=False, ssl_context=server_ssl_context(self.config),
+            evt_handlers=[
+                (evt.EVT_C_ECHO, self.store_service.handle_echo),
+                (evt.EVT_C_STORE, self.store_service.handle_store),
+                (evt.EVT_C_FIND, self.query_service.handle_find),
+                (evt.EVT_C_MOVE, self.query_service.handle_move),
+                (evt.EVT_C_GET, self.query_service.handle_get),
+            ])
+        log.info("listening as %s on %s:%d", net.ae_title, net.host, self.port)
+
+    def stop(self) -> None:
+        """Stop listening, finish running analyses, stop timers, close the index."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.worker.shutdown(wait=True)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.index.close()
+
+    def recover_storage(self) -> dict[str, int]:
+        """Remove crash leftovers and index complete files that lost their index row.
+
+        A complete file without an index row was never acknowledged (the row is written
+        before the success status), but it is valid data, so it is kept rather than lost.
+        """
+        counts = {"partials_removed": self.store.remove_partials(), "orphans_indexed": 0,
+                  "orphans_unreadable": 0, "orphans_kept": 0}
+        with self.index.session() as session:
+            known = set(session.scalars(select(Instance.path)))
+        for relative in self.store.orphans(known):
+            path = self.store.absolute(relative)
+            try:
+                data = path.read_bytes()
+                ingest(self.index, self.store, data, read_header(data), source_ae="",
+                       analyzed_modalities=self.config.series.analyzed_modalities)
+            except BadInstanceError:
+                counts["orphans_unreadable"] += 1
+                continue
+            except OSError:  # no space to re-store it yet: keep it for the next start
+                counts["orphans_kept"] += 1
+                continue
+            path.unlink()
+            counts["orphans_indexed"] += 1
+        if any(counts.values()):
+            log.warning("storage recovery: %s", counts)
+        return counts
+
+    def _application_entity(self) -> AE:
+        net = self.config.network
+        ae = AE(ae_title=net.ae_title)
+        ae.maximum_associations = net.max_associations
+        ae.acse_timeout = net.acse_timeout_s
+        ae.dimse_timeout = net.dimse_timeout_s
+        ae.network_timeout = net.network_timeout_s
+        ae.maximum_pdu_size = net.max_pdu_bytes
+        ae.require_called_aet = self.config.security.check_called_ae
+        if self.config.security.require_known_peers:
+            ae.require_calling_aet = [p.ae_title for p in self.config.peers]
+        for verification in _abstract_syntaxes(VerificationPresentationContexts):
+            ae.add_supported_context(verification)
+        for storage_class in _abstract_syntaxes(AllStoragePresentationContexts):
+            # scp_role: a C-GET requestor acts as Storage SCP for what it retrieves.
+            ae.add_supported_context(storage_class, ALL_TRANSFER_SYNTAXES,
+                                     scu_role=False, scp_role=True)
+        for query_class in _abstract_syntaxes(QueryRetrievePresentationContexts):
+            ae.add_supported_context(query_class)
+        return ae
+
+    def _analysis_finished(self, series_pk: int, state: SeriesState, sr_pk: int | None) -> None:
+        if state is SeriesState.RECEIVING:
+            with self.index.session() as session:
+                series = session.get_one(Series, series_pk)
+                last = series.last_received_at
+            self.tracker.schedule(series_pk, last)
+        if sr_pk is not None:
+            self.forwarder.trigger()
+
+
+def _abstract_syntaxes(contexts: list[PresentationContext]) -> list[str]:
+    return [str(c.abstract_syntax) for c in contexts if c.abstract_syntax]

@@ -1,0 +1,263 @@
+"""The node's Structured Report, built from an analysis of DICOM written from real CT."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicom_node.config import SRConfig
+from dicom_node.sr import FLAG_CODES, REGION_CODES, REGION_FOUND, build_sr
+from model.api import SeriesAnalysis, analyze_series
+from model.bodypart import REGIONS, dicom_terms, region_terms
+from model.io_nifti import read_nifti
+from model.sanity import Anomaly, AnomalyCode, Severity
+from model.volume import CTVolume
+from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct
+from tests.shared import DATA, needs_data
+
+SETTINGS = SRConfig(series_number=9901, series_description="Body part regression",
+                    manufacturer="bpr-node", institution_name="Test Hospital")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A written series, its headers and the analysis of its files."""
+
+    paths: list[Path]
+    headers: list[pydicom.Dataset]
+    analysis: SeriesAnalysis
+
+
+def analyzed(paths: Sequence[Path]) -> Source:
+    headers: list[pydicom.Dataset] = [pydicom.dcmread(p, stop_before_pixels=True)
+                                      for p in paths]
+    return Source(list(paths), headers, analyze_series(paths))
+
+
+@pytest.fixture(scope="module")
+def volume() -> CTVolume:
+    """CRLM-CT-1004: 41 slices of lower chest and upper abdomen at 6 mm pixels."""
+    return shrink(read_nifti(DATA / "ct" / "crlm_ct_1004.nii.gz"), pixel_step=2)
+
+
+@pytest.fixture(scope="module")
+def source(volume: CTVolume, tmp_path_factory: pytest.TempPathFactory) -> Source:
+    return analyzed(write_ct_series(volume, tmp_path_factory.mktemp("ct")))
+
+
+@pytest.fixture(scope="module")
+def empty_source(volume: CTVolume, tmp_path_factory: pytest.TempPathFactory) -> Source:
+    """Ten slices of air: the model finds no body and no region."""
+    air = CTVolume(hu=np.full_like(volume.hu[:10], -1024.0), z_mm=volume.z_mm[:10],
+                   pixel_spacing_mm=volume.pixel_spacing_mm, source="air")
+    return analyzed(write_ct_series(air, tmp_path_factory.mktemp("air")))
+
+
+def written(sr: pydicom.Dataset, path: Path) -> hd.sr.Comprehensive3DSR:
+    """Save ``sr`` as a DICOM file, check it with dciodvfy and read it back."""
+    pydicom.dcmwrite(path, sr, enforce_file_format=True)
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
+    lines = (run.stdout + run.stderr).splitlines()
+    for line in dict.fromkeys(x for x in lines if x.startswith("Warning")):
+        print(f"dciodvfy: {line}")
+    errors = [x for x in lines if x.startswith("Error")]
+    assert not errors, "\n".join(errors)
+    read = hd.sr.srread(path)
+    assert isinstance(read, hd.sr.Comprehensive3DSR)
+    return read
+
+
+def measurement_groups(sr: pydicom.Dataset) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    return report.get_image_measurement_groups()
+
+
+def groups(sr: pydicom.Dataset) -> dict[str, hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Measurement groups by tracking identifier."""
+    found = measurement_groups(sr)
+    by_label = {str(g.tracking_identifier): g for g in found}
+    assert len(by_label) == len(found)
+    return by_label
+
+
+def evaluations(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, str]:
+    """Qualitative evaluations as concept code value → coded value's code value."""
+    return {e.name.value: e[0].ConceptCodeSequence[0].CodeValue
+            for e in group.get_qualitative_evaluations()}
+
+
+def referenced(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[str]:
+    return [str(img.referenced_sop_instance_uid) for img in group.source_images]
+
+
+# --- code tables -------------------------------------------------------------------------
+
+
+def test_region_codes_are_the_models_cid_4031_terms() -> None:
+    assert set(REGION_CODES) == set(REGIONS)
+    for region, code in REGION_CODES.items():
+        term = dicom_terms()[region_terms()[(region,)][0]]
+        assert (code.value, code.scheme_designator, code.meaning) == (
+            term.snomed_code, term.scheme, term.snomed_meaning)
+
+
+def test_every_anomaly_code_has_a_flag_concept() -> None:
+    assert set(FLAG_CODES) == {c.value for c in AnomalyCode}
+    assert len({c.value for c in FLAG_CODES.values()}) == len(FLAG_CODES)
+
+
+# --- real series -------------------------------------------------------------------------
+
+
+@needs_data
+def test_sr_of_chest_abdomen_series(source: Source, tmp_path: Path) -> None:
+    sr = written(build_sr(source.analysis, source.headers, SETTINGS), tmp_path / "sr.dcm")
+    ct = source.headers[0]
+    assert sr.StudyInstanceUID == ct.StudyInstanceUID
+    assert sr.SeriesInstanceUID != ct.SeriesInstanceUID
+    assert (sr.PatientID, sr.PatientName, sr.StudyID) == (ct.PatientID, ct.PatientName,
+                                                          ct.StudyID)
+    assert sr.Modality == "SR"
+    assert sr.SeriesNumber == SETTINGS.series_number
+    assert sr.SeriesDescription == SETTINGS.series_description
+    assert (sr.Manufacturer, sr.InstitutionName) == ("bpr-node", "Test Hospital")
+    assert sr.content[0].ContentTemplateSequence[0].TemplateIdentifier == "1500"
+
+    result = source.analysis.results[0]
+    slice_uids = source.analysis.slice_sop_instance_uids[0]
+    regions = {r: v for r, v in result.regions.items() if v is not None}
+    assert {"abdomen", "chest"} <= set(regions)  # what this volume shows
+    by_label = groups(sr)
+    assert set(by_label) == {*regions, "whole series"}
+    all_uids = {str(h.SOPInstanceUID) for h in source.headers}
+    for region, found in regions.items():
+        group = by_label[region]
+        assert [s.value for s in group.finding_sites] == [REGION_CODES[region]]
+        uids = referenced(group)
+        assert uids == list(dict.fromkeys(slice_uids[i] for i in found.indices))
+        assert set(uids) <= all_uids
+        values = {m.name.value: float(m.value) for m in group.get_measurements()}
+        assert values["BPR0001"] == pytest.approx(found.z_min_mm)
+        assert values["BPR0002"] == pytest.approx(found.z_max_mm)
+        assert values["BPR0005"] == len(found.indices)
+        assert found.score_range[0] < values["BPR0003"] <= values["BPR0004"]
+        assert values["BPR0004"] < found.score_range[1]
+
+    series = by_label["whole series"]
+    assert set(referenced(series)) == all_uids
+    flags = evaluations(series)
+    assert result.snomed is not None
+    assert flags[codes.DCM.TargetRegion.value] == result.snomed.snomed_code
+    assert flags[REGION_FOUND.value] == codes.SCT.Yes.value
+    present = {a.code.value for a in result.anomalies}
+    for code, concept in FLAG_CODES.items():
+        expected = codes.SCT.Yes if code in present else codes.SCT.No
+        assert flags[concept.value] == expected.value, code
+
+    evidence = {uid for _, _, uid, _ in sr.get_evidence()}
+    assert evidence == all_uids
+
+
+@needs_data
+def test_uids_are_deterministic(source: Source) -> None:
+    first = build_sr(source.analysis, source.headers, SETTINGS)
+    again = build_sr(source.analysis, list(reversed(source.headers)), SETTINGS)
+    assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (
+        first.SeriesInstanceUID, first.SOPInstanceUID)
+    assert again.ContentSequence == first.ContentSequence
+
+    # A new instance arrived: a new SR instance in the same SR series.
+    extra = copy.deepcopy(source.headers[0])
+    extra.SOPInstanceUID = generate_uid()
+    grown = build_sr(source.analysis, [*source.headers, extra], SETTINGS)
+    assert grown.SeriesInstanceUID == first.SeriesInstanceUID
+    assert grown.SOPInstanceUID != first.SOPInstanceUID
+    assert grown.InstanceNumber == first.InstanceNumber + 1
+
+    # Another model version: likewise; regions keep their tracking UIDs.
+    result = dataclasses.replace(source.analysis.results[0], model_version="other")
+    other = build_sr(dataclasses.replace(source.analysis, results=(result,)),
+                     source.headers, SETTINGS)
+    assert other.SeriesInstanceUID == first.SeriesInstanceUID
+    assert other.SOPInstanceUID != first.SOPInstanceUID
+    tracking = {g.tracking_identifier: g.tracking_uid for g in measurement_groups(first)}
+    assert tracking == {g.tracking_identifier: g.tracking_uid
+                        for g in measurement_groups(other)}
+
+
+@needs_data
+def test_flags_of_anomalies_and_undecided_checks(source: Source, tmp_path: Path) -> None:
+    anomalies = (Anomaly(AnomalyCode.DISCONTINUITY, Severity.WARNING, "jump", slices=(3, 4)),
+                 Anomaly(AnomalyCode.INVALID_Z_SPACING, Severity.ERROR, "spacing"))
+    result = dataclasses.replace(source.analysis.results[0], anomalies=anomalies,
+                                 reverse_z_ordering=None, valid_z_spacing=False, snomed=None)
+    analysis = dataclasses.replace(source.analysis, results=(result,))
+    sr = written(build_sr(analysis, source.headers, SETTINGS), tmp_path / "sr.dcm")
+    flags = evaluations(groups(sr)["whole series"])
+    assert codes.DCM.TargetRegion.value not in flags  # the term was withheld
+    yes, no, undetermined = codes.SCT.Yes.value, codes.SCT.No.value, codes.SCT.Undetermined.value
+    assert {c: flags[FLAG_CODES[c].value] for c in FLAG_CODES} == {
+        "no_body": no, "not_ct_like": no, "out_of_scope": no,
+        "reversed_z_ordering": undetermined, "invalid_z_spacing": yes,
+        "discontinuity": yes, "too_few_slices": no}
+
+
+@needs_data
+def test_no_region_found(empty_source: Source, tmp_path: Path) -> None:
+    result = empty_source.analysis.results[0]
+    assert all(r is None for r in result.regions.values())
+    sr = written(build_sr(empty_source.analysis, empty_source.headers, SETTINGS),
+                 tmp_path / "sr.dcm")
+    by_label = groups(sr)
+    assert list(by_label) == ["whole series"]
+    flags = evaluations(by_label["whole series"])
+    assert codes.DCM.TargetRegion.value not in flags
+    assert flags[REGION_FOUND.value] == codes.SCT.No.value
+    assert flags[FLAG_CODES["no_body"].value] == codes.SCT.Yes.value
+    assert flags[FLAG_CODES["reversed_z_ordering"].value] == codes.SCT.Undetermined.value
+    assert len(referenced(by_label["whole series"])) == len(empty_source.headers)
+
+
+@needs_data
+def test_enhanced_ct_is_referenced_once(volume: CTVolume, tmp_path: Path) -> None:
+    enhanced = analyzed([write_enhanced_ct(volume, tmp_path / "enhanced.dcm")])
+    sr = written(build_sr(enhanced.analysis, enhanced.headers, SETTINGS), tmp_path / "sr.dcm")
+    uid = str(enhanced.headers[0].SOPInstanceUID)
+    for group in groups(sr).values():
+        assert referenced(group) == [uid]
+
+
+@needs_data
+def test_rejects_headers_of_other_series(source: Source) -> None:
+    stranger = copy.deepcopy(source.headers[0])
+    stranger.SeriesInstanceUID = generate_uid()
+    with pytest.raises(ValueError, match="one series"):
+        build_sr(source.analysis, [*source.headers, stranger], SETTINGS)
+    with pytest.raises(ValueError, match="not among the headers"):
+        build_sr(source.analysis, source.headers[1:], SETTINGS)
+
+
+@needs_data
+def test_headers_without_type_2_attributes(source: Source, tmp_path: Path) -> None:
+    headers = [copy.deepcopy(h) for h in source.headers]
+    for h in headers:
+        del h.AccessionNumber, h.PatientBirthDate, h.StudyID
+    before = copy.deepcopy(headers)
+    sr = written(build_sr(source.analysis, headers, SETTINGS), tmp_path / "sr.dcm")
+    assert (sr.AccessionNumber, sr.StudyID) == ("", "")
+    assert headers == before  # the caller's headers are left as they were
