@@ -1,0 +1,163 @@
+"""Storing one instance: identifiers checked, file before row, duplicates idempotent."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from sqlalchemy import select
+
+from dicom_node.index import Index, Instance, Series, SeriesState, Study
+from dicom_node.ingest import BadInstanceError, ingest, is_valid_uid, read_header
+from dicom_node.storage import FileStore, OutOfSpaceError
+
+SERVER_NAME = re.compile(r"^\d{4}/\d{2}/\d{2}/[0-9a-f]{32}\.dcm$")
+
+
+def part10(**attributes: object) -> bytes:
+    """A small Part 10 file; ``attributes`` override the defaults (None deletes)."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    ds.Modality = "CT"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "PID-1"
+    ds.StudyDate = "20240102"
+    ds.InstanceNumber = 1
+    ds.BodyPartExamined = "ABDOMEN"
+    for key, value in attributes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = str(ds.get("SOPInstanceUID", "1.2"))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> tuple[Index, FileStore]:
+    return Index(f"sqlite:///{tmp_path / 'index.sqlite'}"), FileStore(tmp_path / "storage")
+
+
+def store(node: tuple[Index, FileStore], data: bytes) -> int:
+    index, files = node
+    return ingest(index, files, data, read_header(data), source_ae="TEST",
+                  analyzed_modalities=("CT",)).instance_pk
+
+
+def test_instance_file_and_rows(node: tuple[Index, FileStore]) -> None:
+    index, files = node
+    data = part10()
+    pk = store(node, data)
+    with index.session() as db:
+        instance = db.get_one(Instance, pk)
+        assert SERVER_NAME.match(instance.path)
+        assert files.absolute(instance.path).read_bytes() == data
+        series = instance.series
+        assert series.state is SeriesState.RECEIVING
+        assert series.original_body_part == "ABDOMEN"
+        assert series.instances_received == 1
+        study = db.scalars(select(Study)).one()
+        assert (study.patient_id, study.study_date) == ("PID-1", "20240102")
+
+
+def test_duplicate_is_acknowledged_and_not_written_twice(node: tuple[Index, FileStore]) -> None:
+    index, files = node
+    data = part10()
+    first = store(node, data)
+    result = ingest(index, files, data, read_header(data), source_ae="TEST",
+                    analyzed_modalities=("CT",))
+    assert result.duplicate and result.instance_pk == first
+    assert len(list(files.root.rglob("*.dcm"))) == 1
+
+
+@pytest.mark.parametrize("uid", ["..", "../../x", "1.2.3/../../etc", "", "1." + "2" * 63,
+                                 "1.02.3", "abc"])
+def test_hostile_or_invalid_uids_are_refused(node: tuple[Index, FileStore], uid: str) -> None:
+    assert not is_valid_uid(uid)
+    with pytest.raises(BadInstanceError) as caught:
+        store(node, part10(StudyInstanceUID=uid))
+    assert caught.value.status == 0xC000
+    assert not list(node[1].root.rglob("*.dcm"))
+
+
+def test_sop_class_differing_from_file_meta_is_a900(node: tuple[Index, FileStore]) -> None:
+    data = part10(SOPClassUID=MRImageStorage)
+    # The file meta comes first; same-length UIDs keep every length field valid.
+    data = data.replace(MRImageStorage.encode(), CTImageStorage.encode(), 1)
+    with pytest.raises(BadInstanceError) as caught:
+        store(node, data)
+    assert caught.value.status == 0xA900
+
+
+@pytest.mark.parametrize("data", [b"", b"not dicom at all", b"\0" * 128 + b"DICM" + b"\xff" * 64])
+def test_garbage_is_refused(node: tuple[Index, FileStore], data: bytes) -> None:
+    with pytest.raises(BadInstanceError):
+        store(node, data)
+    assert not list(node[1].root.rglob("*.dcm"))
+
+
+def test_non_ct_series_is_stored_and_skipped_with_reason(node: tuple[Index, FileStore]) -> None:
+    index, _ = node
+    pk = store(node, part10(Modality="MR"))
+    with index.session() as db:
+        series = db.get_one(Instance, pk).series
+        assert series.state is SeriesState.SKIPPED
+        assert series.error == "modality MR is not analyzed"
+
+
+@pytest.mark.parametrize("state, after", [
+    (SeriesState.DONE, SeriesState.RECEIVING), (SeriesState.FAILED, SeriesState.RECEIVING),
+    (SeriesState.QUEUED, SeriesState.RECEIVING), (SeriesState.PROCESSING,
+                                                  SeriesState.PROCESSING)])
+def test_late_instance_requests_one_reanalysis(node: tuple[Index, FileStore],
+                                                state: SeriesState, after: SeriesState) -> None:
+    index, _ = node
+    pk = store(node, part10())
+    with index.session() as db:
+        db.get_one(Instance, pk).series.state = state
+    store(node, part10())
+    with index.session() as db:
+        series = db.scalars(select(Series)).one()
+        assert series.state is after
+        assert series.rerun_requested is (state is SeriesState.PROCESSING)
+        assert series.instances_received == 2
+
+
+def test_full_storage_is_out_of_space_and_indexes_nothing(tmp_path: Path) -> None:
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    files = FileStore(tmp_path / "storage", min_free_bytes=2**62)
+    data = part10()
+    with pytest.raises(OutOfSpaceError):
+        ingest(index, files, data, read_header(data), source_ae="", analyzed_modalities=("CT",))
+    with index.session() as db:
+        assert db.scalars(select(Instance)).first() is None
+    assert not list(files.root.rglob("*"))
+
+
+def test_store_paths_cannot_escape_the_root(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "storage")
+    with pytest.raises(ValueError, match="escapes"):
+        files.absolute("../outside.dcm")
+
+
+def test_partials_are_removed_and_orphans_found(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "storage")
+    relative = files.new_relative_path()
+    files.write(relative, b"complete")
+    (files.absolute(relative).parent / "x.dcm.part").write_bytes(b"half")
+    assert files.remove_partials() == 1
+    assert files.orphans(set()) == [relative]
+    assert files.orphans({relative}) == []

@@ -1,0 +1,84 @@
+"""Quiet-time completion: persisted, rescheduled on new instances, recomputed at start-up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicom_node.index import Index, Series, SeriesState, Study
+from dicom_node.series_tracking import SeriesTracker
+
+
+def _series(index: Index, state: SeriesState, last: float) -> int:
+    with index.session() as db:
+        study = Study(study_instance_uid=f"1.2.{time.monotonic_ns()}")
+        db.add(study)
+        db.flush()
+        series = Series(series_instance_uid=f"1.3.{time.monotonic_ns()}", study_pk=study.id,
+                        state=state, first_received_at=last, last_received_at=last)
+        db.add(series)
+        db.flush()
+        return series.id
+
+
+def _state(index: Index, pk: int) -> SeriesState:
+    with index.session() as db:
+        return db.get_one(Series, pk).state
+
+
+def test_series_is_queued_after_quiet_time_and_not_before(tmp_path: Path) -> None:
+    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    scheduler = BackgroundScheduler()
+    scheduler.start()
+    submitted: list[int] = []
+    tracker = SeriesTracker(index, scheduler, 0.5, submitted.append)
+    pk = _series(index, SeriesState.RECEIVING, time.time())
+    tracker.schedule(pk, time.time())
+    time.sleep(0.2)
+    assert submitted == [] and _state(index, pk) is SeriesState.RECEIVING
+    time.sleep(0.8)
+    assert submitted == [pk] and _state(index, pk) is SeriesState.QUEUED
+    scheduler.shutdown()
+
+
+def test_new_instance_replaces_the_pending_check(tmp_path: Path) -> None:
+    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    scheduler = BackgroundScheduler()
+    scheduler.start(paused=True)
+    submitted: list[int] = []
+    tracker = SeriesTracker(index, scheduler, 30, submitted.append)
+    pk = _series(index, SeriesState.RECEIVING, time.time())
+    tracker.schedule(pk, time.time())
+    tracker.schedule(pk, time.time() + 1)
+    assert [job.id for job in scheduler.get_jobs()] == [f"series-{pk}"]
+    scheduler.shutdown()
+
+
+def test_check_reschedules_when_an_instance_arrived_meanwhile(tmp_path: Path) -> None:
+    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    scheduler = BackgroundScheduler()
+    submitted: list[int] = []
+    tracker = SeriesTracker(index, scheduler, 30, submitted.append)
+    pk = _series(index, SeriesState.RECEIVING, time.time())
+    tracker.check(pk)
+    assert submitted == [] and _state(index, pk) is SeriesState.RECEIVING
+    assert scheduler.get_job(f"series-{pk}") is not None
+
+
+def test_recover_requeues_interrupted_and_reschedules_receiving(tmp_path: Path) -> None:
+    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    scheduler = BackgroundScheduler()
+    submitted: list[int] = []
+    tracker = SeriesTracker(index, scheduler, 30, submitted.append)
+    receiving = _series(index, SeriesState.RECEIVING, time.time())
+    queued = _series(index, SeriesState.QUEUED, time.time() - 100)
+    interrupted = _series(index, SeriesState.PROCESSING, time.time() - 100)
+    done = _series(index, SeriesState.DONE, time.time() - 100)
+    counts = tracker.recover()
+    assert counts == {"receiving": 1, "queued": 1, "interrupted": 1}
+    assert sorted(submitted) == sorted([queued, interrupted])
+    assert _state(index, interrupted) is SeriesState.QUEUED
+    assert _state(index, done) is SeriesState.DONE
+    assert scheduler.get_job(f"series-{receiving}") is not None
