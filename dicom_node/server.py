@@ -19,6 +19,7 @@ from pynetdicom import (
     VerificationPresentationContexts,
     evt,
 )
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
@@ -35,6 +36,10 @@ from dicom_node.series_tracking import SeriesTracker
 from dicom_node.storage import FileStore
 
 log = logging.getLogger(__name__)
+
+# pynetdicom logs whole C-FIND/C-MOVE identifiers (patient names, IDs) by default: no PHI in logs.
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 class Node:

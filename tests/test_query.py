@@ -1,0 +1,725 @@
+"""Query/Retrieve SCP (dicom_node.query) against real pynetdicom and DCMTK peers.
+
+A module-wide node: small synthetic instances ingested into a SQLite index and a file store,
+served by a pynetdicom AE with the QueryRetrieveService handlers on a free local port; a
+pynetdicom storage SCP is the C-MOVE destination. Patient names cover mixed case, ``_`` and
+``%``, and a hyphen that an unescaped ``_`` would match.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from sqlalchemy import select
+
+from dicom_node.config import NodeConfig, config_from_dict
+from dicom_node.index import Index, Instance, Series
+from dicom_node.ingest import ingest, read_header
+from dicom_node.query import (
+    CANCEL,
+    PENDING,
+    QueryRetrieveService,
+    StoredInstance,
+    add_query_retrieve_contexts,
+    storage_contexts,
+)
+from dicom_node.storage import FileStore
+
+NODE_AE = "BPR_NODE"
+ROOT = "1.2.826.0.1.3680043.8.498.4242"
+STORAGE_CLASSES = (CTImageStorage, MRImageStorage)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One synthetic study: patient, study attributes and its series."""
+
+    label: str
+    patient_name: str
+    patient_id: str
+    study_date: str
+    accession: str = ""
+    description: str = ""
+    study_time: str = "120000"
+    #: (modality, series number, instances, body part) per series
+    series: tuple[tuple[str, int, int, str], ...] = (("CT", 1, 1, "CHEST"),)
+    charset: str = ""
+
+
+SPECS = (
+    Spec("S1", "Doe^John", "PID001", "20200101", "ACC_1", "CT Chest", "101530",
+         (("CT", 1, 3, "CHEST"), ("MR", 2, 1, ""))),
+    Spec("S2", "Doe^John", "PID001", "20201231", "ACC%2", "ct chest"),
+    Spec("S3", "Smith_Jones^Ann", "PID_2", "19991231", "ACCX1", "Head"),
+    Spec("S4", "Smith-Jones^Bob", "PIDX2", "20210615", "ACCY1", "Head"),
+    Spec("S5", "100%^Pure", "PID%4", "20220202"),
+    Spec("S6", "DOE^JANE", "PID005", "20230303", charset="ISO_IR 192"),
+    Spec("S7", "Broken^File", "PID007", "20240404"),
+    Spec("S8", "Jörg^Müller", "PID008", "20250505", charset="ISO_IR 192"),
+)
+
+
+def study_uid(label: str) -> str:
+    return f"{ROOT}.{label[1:]}"
+
+
+def series_uid(label: str, number: int) -> str:
+    return f"{study_uid(label)}.{number}"
+
+
+def sop_uid(label: str, number: int, instance: int) -> str:
+    return f"{series_uid(label, number)}.{instance}"
+
+
+def part10(spec: Spec, modality: str, number: int, instance: int, body_part: str) -> bytes:
+    """A tiny (4x4) image as a Part 10 file."""
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid(spec.label, number, instance))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if spec.charset:
+        ds.SpecificCharacterSet = spec.charset
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid(spec.label, number, instance)
+    ds.PatientName = spec.patient_name
+    ds.PatientID = spec.patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid(spec.label)
+    ds.StudyDate = spec.study_date
+    ds.StudyTime = spec.study_time
+    ds.AccessionNumber = spec.accession
+    ds.StudyID = spec.label
+    ds.StudyDescription = spec.description
+    ds.SeriesInstanceUID = series_uid(spec.label, number)
+    ds.Modality = modality
+    ds.SeriesNumber = number
+    ds.SeriesDescription = f"{spec.label} {modality}"
+    if body_part:
+        ds.BodyPartExamined = body_part
+    ds.InstanceNumber = instance
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = bytes(32)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Node:
+    """The running test node and its peers."""
+
+    index: Index
+    store: FileStore
+    config: NodeConfig
+    service: QueryRetrieveService
+    port: int
+    dcmtk_port: int
+    received: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    base = tmp_path_factory.mktemp("qr")
+    index = Index(f"sqlite:///{base / 'index.sqlite'}")
+    store = FileStore(base / "storage")
+    for spec in SPECS:
+        for modality, number, count, body_part in spec.series:
+            for instance in range(1, count + 1):
+                data = part10(spec, modality, number, instance, body_part)
+                ingest(index, store, data, read_header(data), source_ae="MODALITY",
+                       analyzed_modalities=("CT",))
+    with index.session() as session:
+        # The node analysed S2's series and found another body part than the one received.
+        found = session.scalars(select(Series).where(
+            Series.series_instance_uid == series_uid("S2", 1))).one()
+        found.corrected_body_part = "ABDOMEN"
+        broken = session.scalars(select(Instance).where(
+            Instance.sop_instance_uid == sop_uid("S7", 1, 1))).one()
+        store.absolute(broken.path).write_bytes(b"not a DICOM file")
+
+    received: list[str] = []
+    lock = threading.Lock()
+
+    def on_store(event: Any) -> int:
+        with lock:
+            received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    destination = AE("STORE_DEST")
+    for sop_class in (*STORAGE_CLASSES, Verification):
+        destination.add_supported_context(sop_class)
+    dest_server = destination.start_server(("127.0.0.1", 0), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert dest_server is not None
+    dcmtk_port = free_port()
+    config = config_from_dict({"peers": [
+        {"ae_title": "QR_SCU", "permissions": ["find", "move", "get"]},
+        {"ae_title": "FIND_ONLY", "permissions": ["find"]},
+        {"ae_title": "STORE_DEST", "host": "127.0.0.1",
+         "port": dest_server.server_address[1], "permissions": ["store"]},
+        {"ae_title": "DCMTK_DEST", "host": "127.0.0.1", "port": dcmtk_port},
+        {"ae_title": "NO_PORT", "host": "", "port": 0, "permissions": ["find"]},
+    ]}, base)
+    service = QueryRetrieveService(index, store, config)
+    ae = AE(NODE_AE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    add_query_retrieve_contexts(ae)
+    ae.add_supported_context(Verification)
+    for sop_class in STORAGE_CLASSES:
+        # As server.py does: a C-GET requestor acts as Storage SCP for what it retrieves.
+        ae.add_supported_context(sop_class, scu_role=False, scp_role=True)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=service.handlers())
+    assert server is not None
+    try:
+        yield Node(index, store, config, service, server.server_address[1], dcmtk_port,
+                   received)
+    finally:
+        server.shutdown()
+        dest_server.shutdown()
+        index.close()
+
+
+# -- SCU helpers -----------------------------------------------------------------------------
+
+
+def identifier(level: str, **keys: Any) -> Dataset:
+    ds = Dataset()
+    if level:
+        ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def associate(node: Node, ae_title: str, contexts: tuple[Any, ...], **kwargs: Any) -> Any:
+    ae = AE(ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for context in contexts:
+        ae.add_requested_context(context)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE, **kwargs)
+    assert assoc.is_established
+    return assoc
+
+
+def find(node: Node, query: Dataset, model: Any = StudyRootQueryRetrieveInformationModelFind,
+         ae_title: str = "QR_SCU") -> tuple[list[Dataset], int]:
+    """Pending identifiers and the final status of one C-FIND."""
+    assoc = associate(node, ae_title, (model,))
+    try:
+        matches, final = [], -1
+        for status, found in assoc.send_c_find(query, model):
+            if status.Status == PENDING:
+                matches.append(found)
+            else:
+                final = int(status.Status)
+        return matches, final
+    finally:
+        assoc.release()
+
+
+def values(matches: list[Dataset], keyword: str) -> set[str]:
+    return {str(ds.get(keyword, "")) for ds in matches}
+
+
+def get(node: Node, query: Dataset, ae_title: str = "QR_SCU",
+        model: Any = StudyRootQueryRetrieveInformationModelGet) -> tuple[list[str], Dataset]:
+    """SOP Instance UIDs received by one C-GET and its final response."""
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    roles = [build_role(sop_class, scp_role=True) for sop_class in STORAGE_CLASSES]
+    assoc = associate(node, ae_title, (model, *STORAGE_CLASSES), ext_neg=roles,
+                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        responses = [status for status, _ in assoc.send_c_get(query, model)]
+        return received, responses[-1]
+    finally:
+        assoc.release()
+
+
+def move(node: Node, query: Dataset, destination: str, ae_title: str = "QR_SCU") -> Dataset:
+    """The final response of one C-MOVE."""
+    model = StudyRootQueryRetrieveInformationModelMove
+    assoc = associate(node, ae_title, (model,))
+    try:
+        final: Dataset = [status for status, _ in assoc.send_c_move(query, destination,
+                                                                     model)][-1]
+        return final
+    finally:
+        assoc.release()
+
+
+# -- C-FIND: matching ------------------------------------------------------------------------
+
+
+def test_find_person_name_ignores_case(node: Node) -> None:
+    matches, status = find(node, identifier("STUDY", PatientName="doe*"))
+    assert status == 0x0000
+    assert values(matches, "StudyInstanceUID") == {study_uid(s) for s in ("S1", "S2", "S6")}
+
+
+def test_find_person_name_underscore_is_literal(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", PatientName="Smith_Jones*"))
+    assert values(matches, "StudyInstanceUID") == {study_uid("S3")}
+
+
+def test_find_person_name_question_mark_is_one_character(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", PatientName="Smith?Jones*"))
+    assert values(matches, "StudyInstanceUID") == {study_uid("S3"), study_uid("S4")}
+
+
+def test_find_person_name_percent_is_literal(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", PatientName="*%*"))
+    assert values(matches, "StudyInstanceUID") == {study_uid("S5")}
+
+
+def test_find_description_is_case_sensitive(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", StudyDescription="CT*"))
+    assert values(matches, "StudyInstanceUID") == {study_uid("S1")}
+
+
+def test_find_single_value_underscore_is_literal(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", AccessionNumber="ACC_1"))
+    assert values(matches, "StudyInstanceUID") == {study_uid("S1")}
+
+
+def test_find_wildcard_question_mark(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", AccessionNumber="ACC?1"))
+    assert values(matches, "AccessionNumber") == {"ACC_1", "ACCX1", "ACCY1"}
+
+
+def test_find_date_range(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", StudyDate="20200101-20201231"))
+    assert values(matches, "StudyDate") == {"20200101", "20201231"}
+
+
+def test_find_open_date_ranges(node: Node) -> None:
+    before, _ = find(node, identifier("STUDY", StudyDate="-19991231"))
+    after, _ = find(node, identifier("STUDY", StudyDate="20230101-"))
+    assert values(before, "StudyInstanceUID") == {study_uid("S3")}
+    assert values(after, "StudyInstanceUID") == {study_uid(s) for s in ("S6", "S7", "S8")}
+
+
+def test_find_time_range(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", StudyTime="1000-1100"))
+    assert values(matches, "StudyInstanceUID") == {study_uid("S1")}
+
+
+def test_find_uid_list(node: Node) -> None:
+    query = identifier("STUDY", StudyInstanceUID=[study_uid("S1"), study_uid("S3")])
+    matches, _ = find(node, query)
+    assert values(matches, "StudyInstanceUID") == {study_uid("S1"), study_uid("S3")}
+
+
+def test_find_modalities_in_study_matches_any_value(node: Node) -> None:
+    only_mr, _ = find(node, identifier("STUDY", ModalitiesInStudy="MR"))
+    either, _ = find(node, identifier("STUDY", ModalitiesInStudy=["MR", "CT"]))
+    assert values(only_mr, "StudyInstanceUID") == {study_uid("S1")}
+    assert len(either) == len(SPECS)
+
+
+def test_find_non_ascii_name_ignores_case(node: Node) -> None:
+    query = identifier("STUDY", SpecificCharacterSet="ISO_IR 192", PatientName="jörg*")
+    (found,), _ = find(node, query)
+    assert str(found.PatientName) == "Jörg^Müller"
+    assert found.SpecificCharacterSet == "ISO_IR 192"
+
+
+# -- C-FIND: levels, models and returned keys ------------------------------------------------
+
+
+def test_find_returns_only_requested_keys(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", PatientName="Doe^John", StudyDate=""))
+    assert len(matches) == 2
+    for ds in matches:
+        assert {e.keyword for e in ds} == {"SpecificCharacterSet", "QueryRetrieveLevel",
+                                           "PatientName", "StudyDate", "StudyInstanceUID"}
+        assert ds.QueryRetrieveLevel == "STUDY"
+
+
+def test_find_study_counts_and_modalities(node: Node) -> None:
+    query = identifier("STUDY", StudyInstanceUID=study_uid("S1"), ModalitiesInStudy="",
+                       NumberOfStudyRelatedSeries="", NumberOfStudyRelatedInstances="")
+    (found,), _ = find(node, query)
+    assert list(found.ModalitiesInStudy) == ["CT", "MR"]
+    assert found.NumberOfStudyRelatedSeries == 2
+    assert found.NumberOfStudyRelatedInstances == 4
+
+
+def test_find_unsupported_key_is_returned_empty(node: Node) -> None:
+    (found,), _ = find(node, identifier("STUDY", StudyInstanceUID=study_uid("S1"),
+                                        InstitutionName=""))
+    assert "InstitutionName" in found
+    assert found.InstitutionName in ("", None)
+
+
+def test_find_series_level_with_higher_unique_key(node: Node) -> None:
+    query = identifier("SERIES", StudyInstanceUID=study_uid("S1"), SeriesInstanceUID="",
+                       Modality="", SeriesNumber="", NumberOfSeriesRelatedInstances="",
+                       BodyPartExamined="")
+    matches, _ = find(node, query)
+    by_number = {int(m.SeriesNumber): m for m in matches}
+    assert set(by_number) == {1, 2}
+    assert by_number[1].Modality == "CT"
+    assert by_number[1].NumberOfSeriesRelatedInstances == 3
+    assert by_number[1].BodyPartExamined == "CHEST"
+    assert by_number[2].BodyPartExamined in ("", None)
+
+
+def test_find_returns_corrected_body_part(node: Node) -> None:
+    query = identifier("SERIES", StudyInstanceUID=study_uid("S2"), BodyPartExamined="")
+    (found,), _ = find(node, query)
+    assert found.BodyPartExamined == "ABDOMEN"
+
+
+def test_find_matches_corrected_body_part(node: Node) -> None:
+    abdomen, _ = find(node, identifier("SERIES", BodyPartExamined="ABDOMEN"))
+    chest, _ = find(node, identifier("SERIES", BodyPartExamined="CHEST"))
+    assert values(abdomen, "SeriesInstanceUID") == {series_uid("S2", 1)}
+    assert series_uid("S2", 1) not in values(chest, "SeriesInstanceUID")
+
+
+def test_find_image_level(node: Node) -> None:
+    query = identifier("IMAGE", StudyInstanceUID=study_uid("S1"),
+                       SeriesInstanceUID=series_uid("S1", 1), SOPInstanceUID="",
+                       InstanceNumber="", SOPClassUID="")
+    matches, _ = find(node, query)
+    assert [int(m.InstanceNumber) for m in matches] == [1, 2, 3]
+    assert {m.SOPClassUID for m in matches} == {CTImageStorage}
+
+
+def test_find_image_level_integer_match(node: Node) -> None:
+    query = identifier("IMAGE", SeriesInstanceUID=series_uid("S1", 1), InstanceNumber="2")
+    matches, _ = find(node, query)
+    assert values(matches, "SOPInstanceUID") == {sop_uid("S1", 1, 2)}
+
+
+def test_find_lower_level_keys_are_ignored(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", StudyInstanceUID=study_uid("S1"),
+                                       Modality="XX"))
+    assert len(matches) == 1
+    assert "Modality" not in matches[0]
+
+
+def test_find_patient_root_patient_level(node: Node) -> None:
+    query = identifier("PATIENT", PatientID="PID001", PatientName="",
+                       NumberOfPatientRelatedStudies="")
+    (found,), status = find(node, query, PatientRootQueryRetrieveInformationModelFind)
+    assert status == 0x0000
+    assert found.PatientName == "Doe^John"
+    assert found.NumberOfPatientRelatedStudies == 2
+
+
+def test_find_patient_root_all_patients(node: Node) -> None:
+    matches, _ = find(node, identifier("PATIENT", PatientID="*"),
+                      PatientRootQueryRetrieveInformationModelFind)
+    assert values(matches, "PatientID") == {spec.patient_id for spec in SPECS}
+    assert len(matches) == len({spec.patient_id for spec in SPECS})
+
+
+def test_find_patient_root_study_level_with_patient_id(node: Node) -> None:
+    matches, _ = find(node, identifier("STUDY", PatientID="PID001", StudyInstanceUID=""),
+                      PatientRootQueryRetrieveInformationModelFind)
+    assert values(matches, "StudyInstanceUID") == {study_uid("S1"), study_uid("S2")}
+
+
+def test_find_retrieve_ae_title(node: Node) -> None:
+    (found,), _ = find(node, identifier("STUDY", StudyInstanceUID=study_uid("S3"),
+                                        RetrieveAETitle=""))
+    assert found.RetrieveAETitle == NODE_AE
+
+
+# -- C-FIND: failures ------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize(("level", "keys"), [
+    ("", {"PatientName": "*"}),
+    ("FOO", {"PatientName": "*"}),
+    ("PATIENT", {"PatientID": "*"}),  # no PATIENT level in Study Root
+    ("STUDY", {"StudyDate": "2020-"}),
+    ("STUDY", {"PatientName": ["A", "B"]}),
+], ids=["no level", "unknown level", "level not in model", "bad range", "name list"])
+def test_find_bad_identifier_is_a900(node: Node, level: str, keys: dict[str, Any]) -> None:
+    matches, status = find(node, identifier(level, **keys))
+    assert matches == []
+    assert status == 0xA900
+
+
+def test_find_unknown_peer_is_refused(node: Node) -> None:
+    matches, status = find(node, identifier("STUDY", PatientName="*"), ae_title="STRANGER")
+    assert (matches, status) == ([], 0x0124)
+
+
+def test_find_peer_without_permission_is_refused(node: Node) -> None:
+    _, status = find(node, identifier("STUDY"), ae_title="STORE_DEST")
+    assert status == 0x0124
+
+
+def test_find_logs_no_key_values(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dicom_node"):
+        find(node, identifier("STUDY", PatientName="Doe^John", PatientID="PID001"))
+        find(node, identifier("STUDY", PatientName="Doe^John"), ae_title="STRANGER")
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("dicom_node"))
+    assert "C-FIND" in text
+    assert "Doe" not in text and "PID001" not in text
+
+
+# -- C-GET -----------------------------------------------------------------------------------
+
+
+def test_get_series(node: Node) -> None:
+    received, final = get(node, identifier("SERIES", StudyInstanceUID=study_uid("S1"),
+                                           SeriesInstanceUID=series_uid("S1", 1)))
+    assert sorted(received) == [sop_uid("S1", 1, i) for i in (1, 2, 3)]
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 3
+
+
+def test_get_study_with_two_sop_classes(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")))
+    assert len(received) == 4
+    assert final.Status == 0x0000
+
+
+def test_get_image_uid_list(node: Node) -> None:
+    wanted = [sop_uid("S1", 1, 1), sop_uid("S3", 1, 1)]
+    received, final = get(node, identifier("IMAGE", SOPInstanceUID=wanted))
+    assert sorted(received) == sorted(wanted)
+    assert final.Status == 0x0000
+
+
+def test_get_patient_root_patient_level(node: Node) -> None:
+    received, final = get(node, identifier("PATIENT", PatientID="PID_2"),
+                          model=PatientRootQueryRetrieveInformationModelGet)
+    assert received == [sop_uid("S3", 1, 1)]
+    assert final.Status == 0x0000
+
+
+def test_get_without_unique_key_is_a900(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", PatientName="Doe^John"))
+    assert (received, final.Status) == ([], 0xA900)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_get_wildcard_unique_key_is_a900(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID="1.2.*"))
+    assert (received, final.Status) == ([], 0xA900)
+
+
+def test_get_patient_wildcard_is_a900(node: Node) -> None:
+    received, final = get(node, identifier("PATIENT", PatientID="PID*"),
+                          model=PatientRootQueryRetrieveInformationModelGet)
+    assert (received, final.Status) == ([], 0xA900)
+
+
+def test_get_no_match_is_success(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID="1.2.3.4.5.6"))
+    assert (received, final.Status) == ([], 0x0000)
+
+
+def test_get_refused_without_permission(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID=study_uid("S3")),
+                          ae_title="FIND_ONLY")
+    assert (received, final.Status) == ([], 0x0124)
+
+
+def test_get_unreadable_file_counts_as_failed(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID=study_uid("S7")))
+    assert received == []
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 1
+
+
+# -- C-MOVE ----------------------------------------------------------------------------------
+
+
+def test_move_study_to_storage_scp(node: Node) -> None:
+    node.received.clear()
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "STORE_DEST")
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 4
+    assert sorted(node.received) == sorted(
+        [sop_uid("S1", 1, i) for i in (1, 2, 3)] + [sop_uid("S1", 2, 1)])
+
+
+def test_move_unknown_destination_is_a801(node: Node) -> None:
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "NOWHERE")
+    assert final.Status == 0xA801
+
+
+def test_move_destination_without_port_is_a801(node: Node) -> None:
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "NO_PORT")
+    assert final.Status == 0xA801
+
+
+def test_move_refused_without_permission(node: Node) -> None:
+    node.received.clear()
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "STORE_DEST",
+                 ae_title="FIND_ONLY")
+    assert final.Status == 0x0124
+    assert node.received == []
+
+
+def test_move_bad_identifier_is_a900(node: Node) -> None:
+    final = move(node, identifier("SERIES", StudyInstanceUID=study_uid("S1")), "STORE_DEST")
+    assert final.Status == 0xA900
+
+
+def test_storage_contexts_offer_stored_and_uncompressed_syntaxes() -> None:
+    jpeg = "1.2.840.10008.1.2.4.50"
+    contexts = storage_contexts([
+        StoredInstance("a", "1", CTImageStorage, jpeg),
+        StoredInstance("b", "2", CTImageStorage, ExplicitVRLittleEndian),
+        StoredInstance("c", "3", MRImageStorage, ExplicitVRLittleEndian),
+    ])
+    offered = {c.abstract_syntax: c.transfer_syntax for c in contexts}
+    assert offered == {
+        CTImageStorage: [jpeg, ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+        MRImageStorage: [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+    }
+
+
+# -- handlers called directly ----------------------------------------------------------------
+
+
+def stub_event(query: Dataset, sop_class: str, *, ae_title: str = "QR_SCU",
+               cancelled: bool = False, destination: str | None = None) -> Any:
+    return SimpleNamespace(
+        identifier=query, is_cancelled=cancelled, move_destination=destination,
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=ae_title)),
+        request=SimpleNamespace(AffectedSOPClassUID=sop_class))
+
+
+def test_find_cancelled_yields_cancel(node: Node) -> None:
+    event = stub_event(identifier("STUDY", PatientName="*"),
+                       StudyRootQueryRetrieveInformationModelFind, cancelled=True)
+    assert list(node.service.handle_find(event)) == [(CANCEL, None)]
+
+
+def test_get_cancelled_yields_count_then_cancel(node: Node) -> None:
+    event = stub_event(identifier("STUDY", StudyInstanceUID=study_uid("S1")),
+                       StudyRootQueryRetrieveInformationModelGet, cancelled=True)
+    assert list(node.service.handle_get(event)) == [4, (CANCEL, None)]
+
+
+def test_unknown_peers_allowed_when_known_peers_not_required(node: Node,
+                                                             tmp_path: Path) -> None:
+    config = config_from_dict({"security": {"require_known_peers": False}}, tmp_path)
+    service = QueryRetrieveService(node.index, node.store, config)
+    event = stub_event(identifier("STUDY", StudyInstanceUID=study_uid("S3")),
+                       StudyRootQueryRetrieveInformationModelFind, ae_title="STRANGER")
+    (status, found), = list(service.handle_find(event))
+    assert status == PENDING
+    assert found is not None and found.StudyInstanceUID == study_uid("S3")
+
+
+def test_unsupported_model_is_0122(node: Node) -> None:
+    event = stub_event(identifier("STUDY"), "1.2.840.10008.5.1.4.1.2.3.1")
+    (status, _), = list(node.service.handle_find(event))
+    assert isinstance(status, Dataset)
+    assert status.Status == 0x0122
+
+
+# -- DCMTK -----------------------------------------------------------------------------------
+
+
+needs_dcmtk = pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK not installed")
+
+
+@needs_dcmtk
+def test_dcmtk_findscu(node: Node, tmp_path: Path) -> None:
+    command = ["findscu", "-S", "-aet", "QR_SCU", "-aec", NODE_AE, "-X", "-od", str(tmp_path),
+               "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=doe*",
+               "-k", "StudyInstanceUID", "-k", "StudyDescription",
+               "127.0.0.1", str(node.port)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    found = [dcmread(path) for path in sorted(tmp_path.glob("rsp*.dcm"))]
+    assert {str(ds.StudyInstanceUID) for ds in found} == {
+        study_uid(s) for s in ("S1", "S2", "S6")}
+    assert {ds.StudyDescription for ds in found} >= {"CT Chest", "ct chest"}
+
+
+@needs_dcmtk
+def test_dcmtk_findscu_refused(node: Node) -> None:
+    command = ["findscu", "-v", "-S", "-aet", "STRANGER", "-aec", NODE_AE,
+               "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=*",
+               "127.0.0.1", str(node.port)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    # DCMTK 3.6.7 prints this (newer, general) status as "Unknown Status: 0x124".
+    assert re.search(r"0x0?124\b", result.stdout + result.stderr)
+
+
+@needs_dcmtk
+def test_dcmtk_movescu_to_storescp(node: Node, tmp_path: Path) -> None:
+    storescp = subprocess.Popen(
+        ["storescp", "-aet", "DCMTK_DEST", "-od", str(tmp_path), str(node.dcmtk_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_port(node.dcmtk_port)
+        command = ["movescu", "-S", "-aet", "QR_SCU", "-aec", NODE_AE, "-aem", "DCMTK_DEST",
+                   "-k", "QueryRetrieveLevel=SERIES",
+                   "-k", f"StudyInstanceUID={study_uid('S1')}",
+                   "-k", f"SeriesInstanceUID={series_uid('S1', 1)}",
+                   "127.0.0.1", str(node.port)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30,
+                                check=False)
+        assert result.returncode == 0, result.stderr
+    finally:
+        storescp.terminate()
+        storescp.wait(timeout=10)
+    stored = sorted(str(dcmread(path).SOPInstanceUID) for path in tmp_path.iterdir())
+    assert stored == [sop_uid("S1", 1, i) for i in (1, 2, 3)]
+
+
+def _wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
