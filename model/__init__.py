@@ -1,7 +1,7 @@
 """Body part regression: map every axial CT slice to a body-height score.
 
 The package is self-contained and never imports :mod:`dicom_node`. The one call the node
-makes is :func:`model.analysis.analyze` on a :class:`model.volume.CTVolume`.
+makes is :func:`model.api.analyze_series` on the files of a series.
 """
 
 __version__ = "0.1.0"
