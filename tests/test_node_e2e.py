@@ -150,3 +150,18 @@ def test_logs_hold_no_patient_identity(session: Session) -> None:
     for value in (str(source.PatientID), str(source.PatientName)):
         if value:
             assert value not in log
+
+
+def test_reprocess_reruns_once_and_keeps_one_sr(session: Session) -> None:
+    uid = dcmread(session.inputs[0], stop_before_pixels=True).SeriesInstanceUID
+    out = bpr("reprocess", "--config", str(session.config), uid)
+    assert out.returncode == 0, out.stderr
+    assert f"{uid}: DONE" in out.stdout
+    with session.index.session() as db:
+        series = db.scalars(select(Series).where(Series.series_instance_uid == uid)).one()
+        assert series.analysis_count == 2 and series.state is SeriesState.DONE
+        sr_series = db.scalars(select(Series).where(Series.is_derived.is_(True))).one()
+        # Same inputs, same model: the SR has the same UID and is stored once.
+        assert len(sr_series.instances) == 1
+    missing = bpr("reprocess", "--config", str(session.config), "1.2.3.999")
+    assert missing.returncode == 1 and "not found" in missing.stderr
