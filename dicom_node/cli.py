@@ -44,6 +44,8 @@ def _load(args: argparse.Namespace) -> NodeConfig:
     logging.getLogger().setLevel(config.logging.level.upper())
     # highdicom logs full SOP Instance UIDs at INFO; our logs keep identifiers out.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # apscheduler logs every job added and run: one line per received instance.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return config
 
 

@@ -115,7 +115,8 @@ def _small_fov(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> torch
     apply = _chance(g, n, cfg.small_fov_p)
     if not bool(apply.any()):
         return x
-    half = _uniform(g, n, *cfg.small_fov_width)  # half-side in [-1, 1] coordinates = fraction of FOV
+    # Half-side in [-1, 1] coordinates, i.e. the side as a fraction of the FOV.
+    half = _uniform(g, n, *cfg.small_fov_width)
     cy = _uniform(g, n, -0.5, 0.5)
     cx = _uniform(g, n, -0.5, 0.5)
     yy = torch.linspace(-1, 1, h)[None, :, None]
