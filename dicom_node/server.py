@@ -8,7 +8,12 @@ stored again), then recomputes from the index which series are due, then listens
 from __future__ import annotations
 
 import logging
+import socket
+import socketserver
+import ssl
+import threading
 from datetime import UTC
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import (
@@ -40,6 +45,45 @@ log = logging.getLogger(__name__)
 # pynetdicom logs whole C-FIND/C-MOVE identifiers (patient names, IDs) by default: no PHI in logs.
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with two guards against peers that stall.
+
+    pynetdicom does the TLS handshake on the single accept thread and leaves accepted sockets
+    without a timeout, so one silent TCP connection blocks every TLS client, and a peer that
+    stops in the middle of a PDU holds an association slot forever. Here every accepted socket
+    gets ``socket_timeout_s`` and the handshake runs in the connection's own thread.
+    """
+
+    def __init__(self, ae: AE, address: tuple[str, int], ae_title: str, contexts: Any,
+                 ssl_context: ssl.SSLContext | None = None, *, socket_timeout_s: float,
+                 **kwargs: Any) -> None:
+        self._tls_context = ssl_context
+        self._socket_timeout_s = socket_timeout_s
+        super().__init__(ae, address, ae_title, contexts, None, **kwargs)
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket (built by make_server, the AE does not list it)."""
+        socketserver.TCPServer.shutdown(self)
+        self.server_close()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept without the handshake (that would block the accept loop)."""
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        client.settimeout(self._socket_timeout_s)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """TLS handshake (bounded by the socket timeout), then pynetdicom's handling."""
+        if self._tls_context is not None:
+            try:
+                request = self._tls_context.wrap_socket(request, server_side=True)
+            except OSError:  # ssl.SSLError and timeouts: a failed or stalled handshake
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
 
 class Node:
@@ -81,8 +125,9 @@ class Node:
         counts = self.tracker.recover()
         log.info("recovered series: %s", counts)
         net = self.config.network
-        self._server = self.ae.start_server(
-            (net.host, net.port), block=False, ssl_context=server_ssl_context(self.config),
+        self._server = self.ae.make_server(
+            (net.host, net.port), ssl_context=server_ssl_context(self.config),
+            server_class=GuardedAssociationServer, socket_timeout_s=net.network_timeout_s,
             evt_handlers=[
                 (evt.EVT_C_ECHO, self.store_service.handle_echo),
                 (evt.EVT_C_STORE, self.store_service.handle_store),
@@ -90,6 +135,8 @@ class Node:
                 (evt.EVT_C_MOVE, self.query_service.handle_move),
                 (evt.EVT_C_GET, self.query_service.handle_get),
             ])
+        threading.Thread(target=self._server.serve_forever, name="bpr-acceptor",
+                         daemon=True).start()
         log.info("listening as %s on %s:%d", net.ae_title, net.host, self.port)
 
     def stop(self) -> None:

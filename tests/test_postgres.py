@@ -1,0 +1,489 @@
+"""The index on PostgreSQL: ingest, C-FIND/retrieve matching and ``bpr index`` rows.
+
+A throwaway cluster is made per module with ``initdb`` and ``pg_ctl`` (Unix socket only, in a
+temporary folder, trust authentication). The same synthetic instances are ingested into it and
+into a SQLite index, and every query must answer the same on both back ends: the matching
+module compiles differently per dialect (``GLOB`` on SQLite, ``LIKE ... ESCAPE`` on PostgreSQL),
+so agreement is the portability check. Skipped when PostgreSQL or the ``psycopg`` driver is
+not installed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy.engine import make_url
+
+from dicom_node.cli import index_rows
+from dicom_node.config import config_from_dict
+from dicom_node.index import Index, Instance, Series, SeriesState, Study
+from dicom_node.ingest import ingest, read_header
+from dicom_node.query import (
+    PENDING,
+    Level,
+    QueryRetrieveService,
+    parse_identifier,
+    retrieve_statement,
+)
+from dicom_node.server import Node
+from dicom_node.storage import FileStore
+from tests.node_harness import free_port
+
+ROOT = "1.2.826.0.1.3680043.8.498.5151"
+NODE_AE = "BPR_NODE"
+
+
+# -- the cluster -----------------------------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``: PATH first, then Debian's versioned folders."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                        else 0)
+    return candidates[-1].parent if candidates else None
+
+
+def _as_cluster_owner() -> list[str]:
+    """The command prefix that runs the server as a user it accepts (it refuses root)."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running as root and there is no 'postgres' user to own the test cluster")
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        pytest.skip("running as root and runuser is missing: cannot start PostgreSQL")
+    return [runuser, "-u", "postgres", "--"]
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL cluster's ``postgres`` database (superuser ``bpr``)."""
+    pytest.importorskip("psycopg", reason="PostgreSQL driver missing: pip install "
+                        "'psycopg[binary]' (the postgresql+psycopg URLs need it)")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb; Debian package 'postgresql')")
+    prefix = _as_cluster_owner()
+    # Not pytest's tmp_path: its folders are private to our user, which the server may not be,
+    # and the Unix socket path must stay under ~100 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="bpr-pg-"))
+    if prefix:
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", free_port()
+    try:
+        # C locale: byte order and ASCII-only case folding, as SQLite does.
+        _run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "bpr", "--auth=trust",
+              "--no-locale", "-E", "UTF8", "--no-sync"])
+        _run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
+              "-w", "-t", "30", "-o",
+              f"-c listen_addresses='' -k {folder} -p {port} -c fsync=off", "start"])
+        try:
+            yield f"postgresql+psycopg://bpr@/postgres?host={folder}&port={port}"
+        finally:
+            _run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
+                  "stop"])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(cluster: str) -> Iterator[str]:
+    """A new, empty database of the cluster for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(cluster, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(cluster).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# -- synthetic instances ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One synthetic study and its series: (modality, series number, instances, body part)."""
+
+    label: str
+    patient_name: str
+    patient_id: str
+    study_date: str
+    accession: str
+    study_time: str = "120000"
+    series: tuple[tuple[str, int, int, str], ...] = (("CT", 1, 1, "CHEST"),)
+    charset: str = ""
+
+
+SPECS = (
+    Spec("S1", "Doe^John", "PID001", "20200101", "ACC_1", "101530",
+         (("CT", 1, 3, "CHEST"), ("MR", 2, 1, ""))),
+    Spec("S2", "Doe^John", "PID001", "20201231", "ACC%2"),
+    Spec("S3", "Smith_Jones^Ann", "PID_2", "19991231", "ACCX1"),
+    Spec("S4", "Smith-Jones^Bob", "PIDX2", "20210615", "accy1"),
+    Spec("S5", "100%^Pure", "PID%4", "20220202", ""),
+    Spec("S6", "Jörg^Müller", "PID006", "20230303", "ÄCC6", charset="ISO_IR 192"),
+)
+
+
+def study_uid(label: str) -> str:
+    return f"{ROOT}.{label[1:]}"
+
+
+def series_uid(label: str, number: int) -> str:
+    return f"{study_uid(label)}.{number}"
+
+
+def part10(spec: Spec, modality: str, number: int, instance: int, body_part: str) -> bytes:
+    """A tiny (4x4) image as a Part 10 file."""
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
+    sop_uid = f"{series_uid(spec.label, number)}.{instance}"
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if spec.charset:
+        ds.SpecificCharacterSet = spec.charset
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.PatientName = spec.patient_name
+    ds.PatientID = spec.patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid(spec.label)
+    ds.StudyDate = spec.study_date
+    ds.StudyTime = spec.study_time
+    ds.AccessionNumber = spec.accession
+    ds.StudyID = spec.label
+    ds.SeriesInstanceUID = series_uid(spec.label, number)
+    ds.Modality = modality
+    ds.SeriesNumber = number
+    ds.SeriesDescription = f"{spec.label} {modality}"
+    if body_part:
+        ds.BodyPartExamined = body_part
+    ds.InstanceNumber = instance
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = bytes(32)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def populate(index: Index, store: FileStore) -> None:
+    """Ingest every spec (fixed receive times: the same order on both back ends)."""
+    now = 1_700_000_000.0
+    for spec in SPECS:
+        for modality, number, count, body_part in spec.series:
+            for instance in range(1, count + 1):
+                now += 1
+                data = part10(spec, modality, number, instance, body_part)
+                ingest(index, store, data, read_header(data), source_ae="MODALITY",
+                       analyzed_modalities=("CT",), now=now)
+    with index.session() as session:
+        # As if the node had analyzed S2's series and found another body part.
+        session.execute(update(Series).where(Series.series_instance_uid == series_uid("S2", 1))
+                        .values(corrected_body_part="ABDOMEN", state=SeriesState.DONE,
+                                corrected_snomed_code="818981001", analysis_seconds=1.234,
+                                model_version="test"))
+
+
+@dataclass
+class Backends:
+    """The same data in a PostgreSQL and a SQLite index."""
+
+    postgres: Index
+    sqlite: Index
+    pg_store: FileStore
+    sqlite_store: FileStore
+
+
+@pytest.fixture(scope="module")
+def backends(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    base = tmp_path_factory.mktemp("pg-compare")
+    admin = create_engine(cluster, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text('CREATE DATABASE "compare"'))
+    admin.dispose()
+    pg = Index(make_url(cluster).set(database="compare").render_as_string(hide_password=False))
+    lite = Index(f"sqlite:///{base / 'index.sqlite'}")
+    found = Backends(pg, lite, FileStore(base / "pg-storage"), FileStore(base / "sqlite-storage"))
+    populate(pg, found.pg_store)
+    populate(lite, found.sqlite_store)
+    try:
+        yield found
+    finally:
+        pg.close()
+        lite.close()
+
+
+# -- ingest ----------------------------------------------------------------------------------
+
+
+def test_ingest_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    index, store = Index(pg_url), FileStore(tmp_path / "storage")
+    try:
+        spec = SPECS[0]
+        results = []
+        for modality, number, count, body_part in spec.series:
+            for instance in range(1, count + 1):
+                data = part10(spec, modality, number, instance, body_part)
+                results.append(ingest(index, store, data, read_header(data), source_ae="CT_1",
+                                      analyzed_modalities=("CT",)))
+        assert [r.duplicate for r in results] == [False] * 4
+        assert [r.series_state for r in results] == [SeriesState.RECEIVING] * 3 + \
+            [SeriesState.SKIPPED]
+        again = part10(spec, "CT", 1, 2, "CHEST")
+        duplicate = ingest(index, store, again, read_header(again), source_ae="CT_1",
+                           analyzed_modalities=("CT",))
+        assert duplicate.duplicate and duplicate.instance_pk == results[1].instance_pk
+        with index.session() as session:
+            assert session.scalar(select(func.count(Study.id))) == 1
+            ct = session.scalars(select(Series).where(Series.modality == "CT")).one()
+            assert ct.instances_received == 3 and ct.original_body_part == "CHEST"
+            mr = session.scalars(select(Series).where(Series.modality == "MR")).one()
+            assert mr.error == "modality MR is not analyzed"
+            paths = session.scalars(select(Instance.path)).all()
+        assert len(paths) == 4
+        assert all(store.absolute(p).is_file() for p in paths)
+        assert len([p for p in store.root.rglob("*") if p.is_file()]) == 4
+    finally:
+        index.close()
+
+
+def test_concurrent_ingest_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    """Receive threads racing to create one study and series, with duplicates among them."""
+    index, store = Index(pg_url), FileStore(tmp_path / "storage")
+    spec = Spec("S9", "Race^Condition", "PID009", "20240101", "ACC9",
+                series=(("CT", 1, 12, "CHEST"),))
+    # Every instance twice: the second copy of each must come back as a duplicate.
+    payloads = [part10(spec, "CT", 1, i, "CHEST") for i in range(1, 13)] * 2
+    barrier = threading.Barrier(8)
+
+    def worker(mine: list[bytes]) -> list[bool]:
+        barrier.wait()  # all threads start together: the study and series rows race
+        return [ingest(index, store, data, read_header(data), source_ae="CT_1",
+                       analyzed_modalities=("CT",)).duplicate for data in mine]
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            # result() re-raises a worker's exception here.
+            futures = [pool.submit(worker, payloads[i::8]) for i in range(8)]
+            outcomes = [duplicate for future in futures for duplicate in future.result(60)]
+        assert sorted(outcomes) == [False] * 12 + [True] * 12
+        with index.session() as session:
+            assert session.scalar(select(func.count(Study.id))) == 1
+            series = session.scalars(select(Series)).one()
+            assert series.instances_received == 12
+            paths = set(session.scalars(select(Instance.path)))
+        assert len(paths) == 12
+        on_disk = {str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file()}
+        assert on_disk == paths, "files without index rows (or the reverse) were left behind"
+    finally:
+        index.close()
+
+
+# -- C-FIND and retrieve: PostgreSQL answers as SQLite does ----------------------------------
+
+
+def stub_event(query: Dataset, sop_class: str, ae_title: str = "QR_SCU") -> Any:
+    """What the handlers read from a pynetdicom event."""
+    return SimpleNamespace(
+        identifier=query, is_cancelled=False, move_destination=None,
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=ae_title)),
+        request=SimpleNamespace(AffectedSOPClassUID=sop_class))
+
+
+def identifier(level: str, **keys: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def find_all(index: Index, store: FileStore, query: Dataset, model: str) -> list[dict[str, str]]:
+    """The C-FIND responses of the node's handler as plain dictionaries (failures raise)."""
+    config = config_from_dict({"peers": [{"ae_title": "QR_SCU"}]}, store.root)
+    service = QueryRetrieveService(index, store, config)
+    responses = []
+    for status, found in service.handle_find(stub_event(query, model)):
+        assert status == PENDING, f"C-FIND failed: {status}"
+        assert found is not None
+        responses.append({elem.keyword: str(elem.value) for elem in found})
+    return responses
+
+
+STUDY = StudyRootQueryRetrieveInformationModelFind
+PATIENT = PatientRootQueryRetrieveInformationModelFind
+STUDY_KEYS = {"StudyInstanceUID": "", "PatientName": "", "AccessionNumber": "",
+              "StudyDate": "", "StudyTime": ""}
+
+#: (identifier, model, expected number of matches): names with ``_``, ``%`` and ``-``, case,
+#: non-ASCII, ranges, UID lists, counts, the corrected body part, and every level.
+QUERIES: list[tuple[str, Dataset, str, int]] = [
+    ("all studies", identifier("STUDY", **STUDY_KEYS), STUDY, 6),
+    ("PN wildcard ignores case", identifier("STUDY", **{**STUDY_KEYS, "PatientName": "doe*"}),
+     STUDY, 2),
+    ("PN underscore is literal",
+     identifier("STUDY", **{**STUDY_KEYS, "PatientName": "smith_jones*"}), STUDY, 1),
+    ("PN percent is literal", identifier("STUDY", **{**STUDY_KEYS, "PatientName": "100%*"}),
+     STUDY, 1),
+    ("PN question mark", identifier("STUDY", **{**STUDY_KEYS, "PatientName": "Smith?Jones*"}),
+     STUDY, 2),
+    ("PN non-ASCII", identifier("STUDY", **{**STUDY_KEYS, "PatientName": "Jörg^Müller",
+                                             "SpecificCharacterSet": "ISO_IR 192"}), STUDY, 1),
+    ("LO wildcard keeps case", identifier("STUDY", **{**STUDY_KEYS, "AccessionNumber": "acc*"}),
+     STUDY, 1),
+    ("SH underscore is literal",
+     identifier("STUDY", **{**STUDY_KEYS, "AccessionNumber": "ACC_1"}), STUDY, 1),
+    ("SH wildcard ?", identifier("STUDY", **{**STUDY_KEYS, "AccessionNumber": "ACC?1"}),
+     STUDY, 2),
+    ("SH percent is literal",
+     identifier("STUDY", **{**STUDY_KEYS, "AccessionNumber": "ACC%*"}), STUDY, 1),
+    ("SH non-ASCII wildcard",
+     identifier("STUDY", **{**STUDY_KEYS, "AccessionNumber": "ÄCC*",
+                            "SpecificCharacterSet": "ISO_IR 192"}), STUDY, 1),
+    ("date range", identifier("STUDY", **{**STUDY_KEYS, "StudyDate": "20200101-20211231"}),
+     STUDY, 3),
+    ("open date range", identifier("STUDY", **{**STUDY_KEYS, "StudyDate": "-19991231"}),
+     STUDY, 1),
+    ("time range", identifier("STUDY", **{**STUDY_KEYS, "StudyTime": "1015-1100"}), STUDY, 1),
+    ("UID list", identifier("STUDY", **{**STUDY_KEYS, "StudyInstanceUID":
+                                        f"{study_uid('S1')}\\{study_uid('S3')}"}), STUDY, 2),
+    ("modalities and counts", identifier(
+        "STUDY", StudyInstanceUID="", ModalitiesInStudy="MR", NumberOfStudyRelatedSeries="",
+        NumberOfStudyRelatedInstances=""), STUDY, 1),
+    ("series: corrected body part", identifier(
+        "SERIES", StudyInstanceUID="", SeriesInstanceUID="", BodyPartExamined="ABDOMEN",
+        Modality="", NumberOfSeriesRelatedInstances=""), STUDY, 1),
+    ("series: received body part", identifier(
+        "SERIES", SeriesInstanceUID="", BodyPartExamined="CHEST", Modality="CT"), STUDY, 5),
+    ("series: number", identifier("SERIES", SeriesInstanceUID="", SeriesNumber="2"), STUDY, 1),
+    ("image level", identifier("IMAGE", StudyInstanceUID=study_uid("S1"),
+                               SeriesInstanceUID=series_uid("S1", 1), SOPInstanceUID="",
+                               InstanceNumber=""), STUDY, 3),
+    ("patients", identifier("PATIENT", PatientID="PID*", PatientName="",
+                            NumberOfPatientRelatedStudies=""), PATIENT, 5),
+    ("patient ID underscore is literal", identifier("PATIENT", PatientID="PID_*"), PATIENT, 1),
+]
+
+
+@pytest.mark.parametrize(("query", "model", "expected"), [q[1:] for q in QUERIES],
+                         ids=[q[0] for q in QUERIES])
+def test_find_answers_as_on_sqlite(backends: Backends, query: Dataset, model: str,
+                                   expected: int) -> None:
+    on_postgres = find_all(backends.postgres, backends.pg_store, query, model)
+    on_sqlite = find_all(backends.sqlite, backends.sqlite_store, query, model)
+    assert len(on_postgres) == expected
+    assert on_postgres == on_sqlite
+
+
+@pytest.mark.parametrize("query", [
+    identifier("STUDY", StudyInstanceUID=study_uid("S1")),
+    identifier("SERIES", StudyInstanceUID=study_uid("S1"), SeriesInstanceUID=series_uid("S1", 1)),
+    identifier("STUDY", StudyInstanceUID=f"{study_uid('S2')}\\{study_uid('S3')}"),
+], ids=["study", "series", "uid list"])
+def test_retrieve_plan_as_on_sqlite(backends: Backends, query: Dataset) -> None:
+    request = parse_identifier(query, Level.STUDY)
+
+    def plan(index: Index) -> list[tuple[str, str, str]]:
+        with index.session() as session:
+            return [(uid, sop_class, syntax) for _path, uid, sop_class, syntax
+                    in session.execute(retrieve_statement(request)).all()]
+
+    on_postgres = plan(backends.postgres)
+    assert on_postgres and on_postgres == plan(backends.sqlite)
+
+
+def test_index_rows_on_postgres(backends: Backends) -> None:
+    for filters in ({}, {"term": "abdomen"}, {"state": "SKIPPED"}, {"state": "RECEIVING"},
+                    {"since": "20200101", "until": "20211231"}, {"derived": True}):
+        on_postgres = index_rows(backends.postgres, **filters)
+        assert on_postgres == index_rows(backends.sqlite, **filters), filters
+    rows = index_rows(backends.postgres)
+    assert len(rows) == 7
+    done = index_rows(backends.postgres, term="ABDOMEN")
+    assert [(r["series_instance_uid"], r["state"], r["analysis_seconds"]) for r in done] == \
+        [(series_uid("S2", 1), "DONE", 1.23)]
+    assert [r["modality"] for r in index_rows(backends.postgres, state="SKIPPED")] == ["MR"]
+
+
+# -- the whole node on PostgreSQL ------------------------------------------------------------
+
+
+def test_node_stores_and_finds_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    raw = {
+        "network": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port()},
+        "storage": {"root": "storage", "min_free_bytes": 0},
+        "database": {"url": pg_url},
+        "series": {"quiet_seconds": 3600},
+        "peers": [{"ae_title": "SCU"}],
+    }
+    node = Node(config_from_dict(raw, tmp_path))
+    node.start()
+    try:
+        ae = AE("SCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        for context in (CTImageStorage, StudyRootQueryRetrieveInformationModelFind,
+                        StudyRootQueryRetrieveInformationModelMove):
+            ae.add_requested_context(context)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+        assert assoc.is_established
+        try:
+            data = part10(SPECS[3], "CT", 1, 1, "CHEST")
+            sent = read_header(data)
+            assert int(assoc.send_c_store(sent).Status) == 0x0000
+            query = identifier("STUDY", PatientName="smith-jones*", StudyInstanceUID="")
+            found = [ds for status, ds in assoc.send_c_find(query, STUDY)
+                     if status.Status == PENDING]
+        finally:
+            assoc.release()
+        assert [str(ds.StudyInstanceUID) for ds in found if ds is not None] == [study_uid("S4")]
+        assert [r["series_instance_uid"] for r in index_rows(node.index)] == \
+            [series_uid("S4", 1)]
+    finally:
+        node.stop()
