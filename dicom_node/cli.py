@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.analysis_worker import AnalysisWorker
 from dicom_node.config import ConfigError, NodeConfig, load_config
@@ -193,6 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return model_cli.main(argv, extra_commands=(add_serve, add_index, add_reprocess))
     except ConfigError as exc:
+        print(f"bpr: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        print(f"bpr: index database error: {exc.__class__.__name__}: {exc.args[0]}",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:  # storage or database folder missing, unwritable, full
         print(f"bpr: {exc}", file=sys.stderr)
         return 2
 
