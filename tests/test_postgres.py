@@ -10,7 +10,6 @@ not installed.
 
 from __future__ import annotations
 
-import io
 import os
 import pwd
 import shutil
@@ -26,12 +25,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
-    MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove,
@@ -52,9 +49,10 @@ from dicom_node.query import (
 )
 from dicom_node.server import Node
 from dicom_node.storage import FileStore
+from tests import synthetic_index
 from tests.node_harness import free_port
+from tests.synthetic_index import Spec, part10, part10_files, series_uid, study_uid
 
-ROOT = "1.2.826.0.1.3680043.8.498.5151"
 NODE_AE = "BPR_NODE"
 
 
@@ -141,23 +139,9 @@ def pg_url(cluster: str) -> Iterator[str]:
 # -- synthetic instances ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One synthetic study and its series: (modality, series number, instances, body part)."""
-
-    label: str
-    patient_name: str
-    patient_id: str
-    study_date: str
-    accession: str
-    study_time: str = "120000"
-    series: tuple[tuple[str, int, int, str], ...] = (("CT", 1, 1, "CHEST"),)
-    charset: str = ""
-
-
 SPECS = (
-    Spec("S1", "Doe^John", "PID001", "20200101", "ACC_1", "101530",
-         (("CT", 1, 3, "CHEST"), ("MR", 2, 1, ""))),
+    Spec("S1", "Doe^John", "PID001", "20200101", "ACC_1", study_time="101530",
+         series=(("CT", 1, 3, "CHEST"), ("MR", 2, 1, ""))),
     Spec("S2", "Doe^John", "PID001", "20201231", "ACC%2"),
     Spec("S3", "Smith_Jones^Ann", "PID_2", "19991231", "ACCX1"),
     Spec("S4", "Smith-Jones^Bob", "PIDX2", "20210615", "accy1"),
@@ -166,63 +150,9 @@ SPECS = (
 )
 
 
-def study_uid(label: str) -> str:
-    return f"{ROOT}.{label[1:]}"
-
-
-def series_uid(label: str, number: int) -> str:
-    return f"{study_uid(label)}.{number}"
-
-
-def part10(spec: Spec, modality: str, number: int, instance: int, body_part: str) -> bytes:
-    """A tiny (4x4) image as a Part 10 file."""
-    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
-    sop_uid = f"{series_uid(spec.label, number)}.{instance}"
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    if spec.charset:
-        ds.SpecificCharacterSet = spec.charset
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
-    ds.PatientName = spec.patient_name
-    ds.PatientID = spec.patient_id
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study_uid(spec.label)
-    ds.StudyDate = spec.study_date
-    ds.StudyTime = spec.study_time
-    ds.AccessionNumber = spec.accession
-    ds.StudyID = spec.label
-    ds.SeriesInstanceUID = series_uid(spec.label, number)
-    ds.Modality = modality
-    ds.SeriesNumber = number
-    ds.SeriesDescription = f"{spec.label} {modality}"
-    if body_part:
-        ds.BodyPartExamined = body_part
-    ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = bytes(32)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def populate(index: Index, store: FileStore) -> None:
     """Ingest every spec (fixed receive times: the same order on both back ends)."""
-    now = 1_700_000_000.0
-    for spec in SPECS:
-        for modality, number, count, body_part in spec.series:
-            for instance in range(1, count + 1):
-                now += 1
-                data = part10(spec, modality, number, instance, body_part)
-                ingest(index, store, data, read_header(data), source_ae="MODALITY",
-                       analyzed_modalities=("CT",), now=now)
+    synthetic_index.populate(index, store, SPECS, start=1_700_000_000.0)
     with index.session() as session:
         # As if the node had analyzed S2's series and found another body part.
         session.execute(update(Series).where(Series.series_instance_uid == series_uid("S2", 1))
@@ -267,12 +197,8 @@ def test_ingest_on_postgres(pg_url: str, tmp_path: Path) -> None:
     index, store = Index(pg_url), FileStore(tmp_path / "storage")
     try:
         spec = SPECS[0]
-        results = []
-        for modality, number, count, body_part in spec.series:
-            for instance in range(1, count + 1):
-                data = part10(spec, modality, number, instance, body_part)
-                results.append(ingest(index, store, data, read_header(data), source_ae="CT_1",
-                                      analyzed_modalities=("CT",)))
+        results = [ingest(index, store, data, read_header(data), source_ae="CT_1",
+                          analyzed_modalities=("CT",)) for data in part10_files(spec)]
         assert [r.duplicate for r in results] == [False] * 4
         assert [r.series_state for r in results] == [SeriesState.RECEIVING] * 3 + \
             [SeriesState.SKIPPED]
@@ -300,7 +226,7 @@ def test_concurrent_ingest_on_postgres(pg_url: str, tmp_path: Path) -> None:
     spec = Spec("S9", "Race^Condition", "PID009", "20240101", "ACC9",
                 series=(("CT", 1, 12, "CHEST"),))
     # Every instance twice: the second copy of each must come back as a duplicate.
-    payloads = [part10(spec, "CT", 1, i, "CHEST") for i in range(1, 13)] * 2
+    payloads = list(part10_files(spec)) * 2
     barrier = threading.Barrier(8)
 
     def worker(mine: list[bytes]) -> list[bool]:

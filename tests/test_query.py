@@ -8,7 +8,6 @@ pynetdicom storage SCP is the C-MOVE destination. Patient names cover mixed case
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import shutil
@@ -24,8 +23,8 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -41,7 +40,6 @@ from sqlalchemy import select
 
 from dicom_node.config import NodeConfig, config_from_dict
 from dicom_node.index import Index, Instance, Series
-from dicom_node.ingest import ingest, read_header
 from dicom_node.query import (
     CANCEL,
     PENDING,
@@ -51,26 +49,11 @@ from dicom_node.query import (
     storage_contexts,
 )
 from dicom_node.storage import FileStore
+from tests.node_harness import free_port
+from tests.synthetic_index import Spec, populate, series_uid, sop_uid, study_uid
 
 NODE_AE = "BPR_NODE"
-ROOT = "1.2.826.0.1.3680043.8.498.4242"
 STORAGE_CLASSES = (CTImageStorage, MRImageStorage)
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One synthetic study: patient, study attributes and its series."""
-
-    label: str
-    patient_name: str
-    patient_id: str
-    study_date: str
-    accession: str = ""
-    description: str = ""
-    study_time: str = "120000"
-    #: (modality, series number, instances, body part) per series
-    series: tuple[tuple[str, int, int, str], ...] = (("CT", 1, 1, "CHEST"),)
-    charset: str = ""
 
 
 SPECS = (
@@ -84,63 +67,6 @@ SPECS = (
     Spec("S7", "Broken^File", "PID007", "20240404"),
     Spec("S8", "Jörg^Müller", "PID008", "20250505", charset="ISO_IR 192"),
 )
-
-
-def study_uid(label: str) -> str:
-    return f"{ROOT}.{label[1:]}"
-
-
-def series_uid(label: str, number: int) -> str:
-    return f"{study_uid(label)}.{number}"
-
-
-def sop_uid(label: str, number: int, instance: int) -> str:
-    return f"{series_uid(label, number)}.{instance}"
-
-
-def part10(spec: Spec, modality: str, number: int, instance: int, body_part: str) -> bytes:
-    """A tiny (4x4) image as a Part 10 file."""
-    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid(spec.label, number, instance))
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    if spec.charset:
-        ds.SpecificCharacterSet = spec.charset
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid(spec.label, number, instance)
-    ds.PatientName = spec.patient_name
-    ds.PatientID = spec.patient_id
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study_uid(spec.label)
-    ds.StudyDate = spec.study_date
-    ds.StudyTime = spec.study_time
-    ds.AccessionNumber = spec.accession
-    ds.StudyID = spec.label
-    ds.StudyDescription = spec.description
-    ds.SeriesInstanceUID = series_uid(spec.label, number)
-    ds.Modality = modality
-    ds.SeriesNumber = number
-    ds.SeriesDescription = f"{spec.label} {modality}"
-    if body_part:
-        ds.BodyPartExamined = body_part
-    ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = bytes(32)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -161,12 +87,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     base = tmp_path_factory.mktemp("qr")
     index = Index(f"sqlite:///{base / 'index.sqlite'}")
     store = FileStore(base / "storage")
-    for spec in SPECS:
-        for modality, number, count, body_part in spec.series:
-            for instance in range(1, count + 1):
-                data = part10(spec, modality, number, instance, body_part)
-                ingest(index, store, data, read_header(data), source_ae="MODALITY",
-                       analyzed_modalities=("CT",))
+    populate(index, store, SPECS)
     with index.session() as session:
         # The node analysed S2's series and found another body part than the one received.
         found = session.scalars(select(Series).where(

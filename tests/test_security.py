@@ -167,6 +167,17 @@ def associate(port: int, calling: str, *contexts: Any, called: str = NODE_AE,
     return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
 
 
+@contextmanager
+def established(port: int, calling: str, *contexts: Any) -> Iterator[Association]:
+    """An association that must be established, released on leaving the block."""
+    assoc = associate(port, calling, *contexts)
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        assoc.release()
+
+
 def rejection(assoc: Association) -> tuple[int, int, int]:
     """(result, source, reason) of the A-ASSOCIATE-RJ the association got."""
     assert assoc.is_rejected, "association was not rejected"
@@ -191,12 +202,8 @@ def echo(port: int, calling: str = "FULL", **kwargs: Any) -> int:
 
 def store(port: int, calling: str, ds: Dataset) -> int:
     """C-STORE status of one instance."""
-    assoc = associate(port, calling, CTImageStorage)
-    assert assoc.is_established
-    try:
+    with established(port, calling, CTImageStorage) as assoc:
         return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
 
 
 def final_status(responses: Iterator[tuple[Dataset, Dataset | None]]) -> tuple[int, int]:
@@ -223,34 +230,22 @@ def query(study_uid: str) -> Dataset:
 def find(port: int, calling: str, identifier: Dataset) -> tuple[int, int]:
     """(matches, final status) of a Study Root C-FIND."""
     model = StudyRootQueryRetrieveInformationModelFind
-    assoc = associate(port, calling, model)
-    assert assoc.is_established
-    try:
+    with established(port, calling, model) as assoc:
         return final_status(assoc.send_c_find(identifier, model))
-    finally:
-        assoc.release()
 
 
 def move(port: int, calling: str, identifier: Dataset, destination: str) -> tuple[int, int]:
     """(pending responses, final status) of a Study Root C-MOVE."""
     model = StudyRootQueryRetrieveInformationModelMove
-    assoc = associate(port, calling, model)
-    assert assoc.is_established
-    try:
+    with established(port, calling, model) as assoc:
         return final_status(assoc.send_c_move(identifier, destination, model))
-    finally:
-        assoc.release()
 
 
 def get(port: int, calling: str, identifier: Dataset) -> tuple[int, int]:
     """(pending responses, final status) of a Study Root C-GET (no storage role offered)."""
     model = StudyRootQueryRetrieveInformationModelGet
-    assoc = associate(port, calling, model)
-    assert assoc.is_established
-    try:
+    with established(port, calling, model) as assoc:
         return final_status(assoc.send_c_get(identifier, model))
-    finally:
-        assoc.release()
 
 
 # -- the shared node: permissions and move destinations --------------------------------------
@@ -669,9 +664,5 @@ def test_patient_root_query_needs_find_permission(served: Served) -> None:
     identifier.QueryRetrieveLevel = "PATIENT"
     identifier.PatientID = ""
     for title, expected in (("STORE_ONLY", NOT_AUTHORIZED), ("FIND_ONLY", SUCCESS)):
-        assoc = associate(served.port, title, model)
-        assert assoc.is_established
-        try:
+        with established(served.port, title, model) as assoc:
             assert final_status(assoc.send_c_find(identifier, model))[1] == expected, title
-        finally:
-            assoc.release()
