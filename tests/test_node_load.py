@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,8 @@ SERIES_PER_SENDER = 6 if SOAK else 2
 KILL_CYCLES = 20 if SOAK else 3
 SLICES = 48
 
+StartNode = Callable[[Path, int], NodeProcess]
+
 
 @pytest.fixture(scope="module")
 def series_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[list[Path]]]:
@@ -53,6 +55,23 @@ def series_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[list[
     yield [real_ct_series(folder / str(i), sources[i % len(sources)], pixel_step=2,
                           slices=slice(40, 40 + SLICES))
            for i in range(4 * SERIES_PER_SENDER + 2)]
+
+
+@pytest.fixture
+def start_node() -> Iterator[Callable[[Path, int], NodeProcess]]:
+    """Start ``bpr serve`` processes that are killed at teardown even when a test fails."""
+    started: list[NodeProcess] = []
+
+    def start(config: Path, port: int) -> NodeProcess:
+        node = NodeProcess(config)
+        started.append(node)
+        node.wait_listening(port)
+        return node
+
+    yield start
+    for node in started:
+        if node.process.poll() is None:
+            node.kill()
 
 
 def _pynetdicom_send(port: int, files: list[Path], abort_after: int | None = None) -> int:
@@ -88,14 +107,13 @@ def _peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def test_concurrent_senders_lose_nothing(tmp_path: Path,
+def test_concurrent_senders_lose_nothing(tmp_path: Path, start_node: StartNode,
                                          series_pool: list[list[Path]]) -> None:
     port = free_port()
     config = write_config(tmp_path, port, quiet_seconds=2.0,
                           peers=[{"ae_title": "LOADSCU", "permissions": ["store"]}])
     index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    node = NodeProcess(config)
-    node.wait_listening(port)
+    node = start_node(config, port)
     # Two DCMTK and two pynetdicom senders, each with its own series, all at once.
     work = series_pool[: 4 * SERIES_PER_SENDER]
     batches = [[f for s in work[i::4] for f in s] for i in range(4)]
@@ -130,14 +148,13 @@ def test_concurrent_senders_lose_nothing(tmp_path: Path,
           " instances lost: 0")
 
 
-def test_aborted_association_then_resend(tmp_path: Path,
+def test_aborted_association_then_resend(tmp_path: Path, start_node: StartNode,
                                          series_pool: list[list[Path]]) -> None:
     port = free_port()
     config = write_config(tmp_path, port, quiet_seconds=3.0,
                           peers=[{"ae_title": "LOADSCU", "permissions": ["store"]}])
     index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    node = NodeProcess(config)
-    node.wait_listening(port)
+    node = start_node(config, port)
     files = series_pool[-1]
     acknowledged = _pynetdicom_send(port, files, abort_after=len(files) // 2)
     assert acknowledged == len(files) // 2
@@ -151,7 +168,7 @@ def test_aborted_association_then_resend(tmp_path: Path,
 
 
 def test_repeated_sigkill_loses_no_acknowledged_instance(
-        tmp_path: Path, series_pool: list[list[Path]]) -> None:
+        tmp_path: Path, series_pool: list[list[Path]], start_node: StartNode) -> None:
     port = free_port()
     config = write_config(tmp_path, port, quiet_seconds=1.0)
     index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
@@ -160,8 +177,7 @@ def test_repeated_sigkill_loses_no_acknowledged_instance(
     acknowledged: set[str] = set()
     uids = {p: dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
     for _cycle in range(KILL_CYCLES):
-        node = NodeProcess(config)
-        node.wait_listening(port)
+        node = start_node(config, port)
         sender = subprocess.Popen(
             ["storescu", "-v", "-aet", "STORESCU", "-aec", "BPR_NODE", "127.0.0.1", str(port),
              *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -175,8 +191,7 @@ def test_repeated_sigkill_loses_no_acknowledged_instance(
             stored = set(db.scalars(select(Instance.sop_instance_uid)))
         assert acknowledged <= stored
     # Finally let it run: everything is received and each series ends DONE with one SR.
-    node = NodeProcess(config)
-    node.wait_listening(port)
+    node = start_node(config, port)
     assert storescu(port, files).returncode == 0
     wait_for(lambda: [s for s, _ in _counts(index)[1]] == [SeriesState.DONE] * 3, 300,
              "all series analyzed after the kills")
@@ -200,7 +215,8 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return out.returncode == 0
 
 
-def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path) -> None:
+def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path,
+                                                  start_node: StartNode) -> None:
     storage = tmp_path / "storage"
     if not _mount_tmpfs(storage, "512k"):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
@@ -208,8 +224,7 @@ def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path) -> None:
         port = free_port()
         config = write_config(tmp_path, port, quiet_seconds=3600)
         index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
-        node = NodeProcess(config)
-        node.wait_listening(port)
+        node = start_node(config, port)
         files = real_ct_series(tmp_path / "in", "openkbp_pt_60", pixel_step=1,
                                slices=slice(0, 48))
         assert sum(p.stat().st_size for p in files) > 1_000_000  # twice the tmpfs
@@ -228,8 +243,7 @@ def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path) -> None:
         # Space returns (a bigger mount over the same path): the resend completes.
         node.stop()
         subprocess.run(["mount", "-o", "remount,size=64m", str(storage)], check=True)
-        node = NodeProcess(config)
-        node.wait_listening(port)
+        node = start_node(config, port)
         assert storescu(port, files).returncode == 0
         assert _counts(index)[0] == len(files)
         node.stop()
