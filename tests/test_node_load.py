@@ -143,7 +143,7 @@ def test_concurrent_senders_lose_nothing(tmp_path: Path, start_node: StartNode,
     assert instances == total + srs
     assert srs == len(work)
     assert all(n == 1 for _, n in series)
-    print(f"\nload: 4 senders, {len(work)} series, {total} instances in {seconds:.1f} s "
+    print(f"\nfigure: load: 4 senders, {len(work)} series, {total} instances in {seconds:.1f} s "
           f"({total / seconds:.0f} instances/s); all analyzed once; node peak RSS {rss:.0f} MB;"
           " instances lost: 0")
 
@@ -165,6 +165,8 @@ def test_aborted_association_then_resend(tmp_path: Path, start_node: StartNode,
     instances, _, srs = _counts(index)
     node.stop()
     assert (instances, srs) == (len(files) + 1, 1)
+    print(f"\nfigure: abort: association aborted after {acknowledged} of {len(files)}, "
+          "resent: every instance stored once, series analyzed once; instances lost: 0")
 
 
 def test_repeated_sigkill_loses_no_acknowledged_instance(
@@ -204,7 +206,7 @@ def test_repeated_sigkill_loses_no_acknowledged_instance(
     assert all(n == SLICES for _, n in per_series)
     assert srs == 3 and instances >= len(files) + 3
     assert not list((tmp_path / "storage").rglob("*.part"))
-    print(f"\nSIGKILL: {KILL_CYCLES} kills at random points; {len(acknowledged)} instances "
+    print(f"\nfigure: SIGKILL: {KILL_CYCLES} kills at random points; {len(acknowledged)} instances "
           "acknowledged before a kill, all present; instances lost: 0")
 
 
@@ -247,5 +249,7 @@ def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path,
         assert storescu(port, files).returncode == 0
         assert _counts(index)[0] == len(files)
         node.stop()
+        print(f"\nfigure: full disk: {ok} of {len(files)} stored before 0xA700, nothing "
+              "half-written indexed, all stored once space returned; instances lost: 0")
     finally:
         subprocess.run(["umount", "-l", str(storage)], check=False)
