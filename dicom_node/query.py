@@ -57,6 +57,7 @@ from dicom_node.config import NodeConfig, Permission
 from dicom_node.index import Index, Instance, Series, Study
 from dicom_node.ingest import DECODE_ERRORS, short_uid
 from dicom_node.matching import MatchError, MatchKind, classify, match, match_any
+from dicom_node.security import NOT_AUTHORIZED, allowed
 from dicom_node.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 # Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4; PS3.7 C.5).
 PENDING: Final = 0xFF00
 CANCEL: Final = 0xFE00
-NOT_AUTHORIZED: Final = 0x0124
 SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 IDENTIFIER_DOES_NOT_MATCH: Final = 0xA900
 MOVE_DESTINATION_UNKNOWN: Final = 0xA801
@@ -499,12 +499,7 @@ class QueryRetrieveService:
 
     def _refuse(self, event: Any, permission: Permission) -> Dataset | None:
         title = _calling_ae(event)
-        peer = self.config.peer(title)
-        if peer is None:
-            allowed = not self.config.security.require_known_peers
-        else:
-            allowed = permission in peer.permissions
-        if allowed:
+        if allowed(self.config, title, permission):
             return None
         log.warning("C-%s from %s refused: not authorized", permission.upper(), title)
         return _status(NOT_AUTHORIZED, f"{permission} is not permitted for this AE title")
