@@ -60,3 +60,20 @@ def test_transpose_and_flip_are_exact_permutations() -> None:
     # A permutation of pixels keeps the sorted values (up to interpolation round-off).
     assert torch.allclose(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values, atol=1e-4)
     assert not torch.allclose(y, x)
+
+
+def test_small_fov_keeps_one_box_of_tissue_in_air() -> None:
+    only_box = _only(small_fov_p=1.0, small_fov_width=(0.2, 0.3))
+    y = augment(torch.ones(8, 1, 64, 64), torch.Generator().manual_seed(0), only_box)
+    for s in y[:, 0]:
+        rows, cols = torch.nonzero(s == 1, as_tuple=True)
+        kept = (rows.max() - rows.min() + 1) / 64, (cols.max() - cols.min() + 1) / 64
+        assert 0.2 <= kept[0] <= 0.32 and abs(kept[0] - kept[1]) < 0.05  # a square box
+        assert int((s == 1).sum()) == len(rows) and torch.all((s == 1) | (s == -1))
+
+
+def test_small_fov_off_by_default_keeps_the_random_stream() -> None:
+    x = _batch()
+    default = augment(x, torch.Generator().manual_seed(3))
+    explicit = augment(x, torch.Generator().manual_seed(3), AugmentConfig(small_fov_p=0.0))
+    assert torch.equal(default, explicit)
