@@ -92,6 +92,11 @@ class AnalysisWorker:
     def _run_guarded(self, series_pk: int) -> None:
         try:
             self.run(series_pk)
+        except Exception as exc:
+            # The pool's boundary: whatever the model or a hostile file raises, the series
+            # must end FAILED, not stay PROCESSING forever.
+            log.exception("series %d: unexpected error", series_pk)
+            self._fail(series_pk, exc)
         finally:
             with self._lock:
                 self._active.discard(series_pk)

@@ -14,11 +14,12 @@ import logging
 import re
 import struct
 import time
+import zlib
 from dataclasses import dataclass
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,11 +31,26 @@ log = logging.getLogger(__name__)
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
-#: What decoding a hostile value can raise (pydicom has no single exception type for it).
+#: What decoding a hostile value can raise (pydicom has no single exception type for it;
+#: the list comes from fuzzing, tests/test_fuzz_ingest.py).
 DECODE_ERRORS: tuple[type[Exception], ...] = (
     ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
     NotImplementedError, struct.error, EOFError, InvalidDicomError, RecursionError,
+    BytesLengthException, zlib.error,
 )
+
+#: Every attribute the index reads; :func:`read_header` decodes them all up front, so that
+#: nothing can fail to decode after the file is written.
+INDEXED_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality",
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName", "SeriesNumber",
+    "SeriesDescription", "SeriesDate", "BodyPartExamined", "InstanceNumber",
+)
+# OSError too: pydicom reading a BytesIO raises it for truncated sequences (never the disk).
+_HEADER_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, OSError)
+#: Largest integer the index stores (IS is a 32-bit signed value in DICOM).
+_MAX_INT = 2**31 - 1
 
 
 class BadInstanceError(ValueError):
@@ -72,10 +88,17 @@ def read_header(data: bytes) -> Dataset:
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=False)
         ds.ensure_file_meta()
-        for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
-                        "StudyInstanceUID", "Modality"):
-            _ = ds.get(keyword)  # force the deferred parse of what we index
-    except DECODE_ERRORS as exc:
+        _ = ds.file_meta.get("MediaStorageSOPClassUID")
+        for keyword in INDEXED_KEYWORDS:
+            # A sequence where a string or number belongs is hostile: turning it into text
+            # recurses through its nesting (seconds and gigabytes at a depth of 1000).
+            raw = ds.get_item(keyword)
+            if raw is not None and (raw.VR == "SQ" or getattr(raw, "length", 0) == 0xFFFFFFFF):
+                raise BadInstanceError(f"{keyword} is a sequence")
+            _ = ds.get(keyword)  # decoded once here; later reads use pydicom's cache
+    except BadInstanceError:
+        raise
+    except _HEADER_ERRORS as exc:
         raise BadInstanceError(f"cannot decode the dataset: {type(exc).__name__}") from exc
     return ds
 
@@ -143,7 +166,10 @@ def _identifiers(ds: Dataset) -> dict[str, str]:
         if not is_valid_uid(value):
             raise BadInstanceError(f"{keyword} is missing or not a valid UID")
         ids[keyword] = value
-    meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    try:
+        meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    except DECODE_ERRORS:
+        meta_class = ""
     if meta_class and meta_class != ids["SOPClassUID"]:
         raise BadInstanceError("SOP Class UID differs from the file meta", status=0xA900)
     return ids
@@ -163,11 +189,12 @@ def integer(ds: Dataset, keyword: str) -> int | None:
     """A header IS/US value as int; None when absent or undecodable."""
     try:
         value = ds.get(keyword)
-        return None if value is None or value == "" else int(value)
+        number = None if value is None or value == "" else int(value)
     except DECODE_ERRORS:
         return None
     except ArithmeticError:
         return None
+    return number if number is None or abs(number) <= _MAX_INT else None
 
 
 def _record(index: Index, ds: Dataset, ids: dict[str, str], relative: str, size: int,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from model.volume import CTInputError, CTVolume, FloatArray
@@ -31,10 +33,16 @@ DUPLICATE_TOLERANCE_MM = 0.01
 GAP_FACTOR = 1.5
 #: HU given to PixelPaddingValue pixels (outside the reconstructed field of view).
 PADDING_HU = -1024.0
+#: Largest image side accepted: CT matrices are at most 2048² in practice; a header asking for
+#: more is corrupt or hostile and would make the reader allocate gigabytes.
+MAX_MATRIX = 4096
+#: Pixel spacings (mm) outside this range are not CT (and would make resampling explode).
+PIXEL_SPACING_RANGE_MM = (0.01, 50.0)
 #: Smaller angles between slice normal and body axis are rounding noise in the cosines.
 TILT_WARN_DEG = 0.5
 
-# pydicom reports malformed files through a range of built-in exceptions.
+# pydicom reports malformed files through a range of exceptions (found by fuzzing:
+# tests/test_fuzz_ingest.py), zlib's and struct's included for bad deflated streams.
 _READ_ERRORS = (
     InvalidDicomError,
     OSError,
@@ -44,6 +52,11 @@ _READ_ERRORS = (
     KeyError,
     TypeError,
     IndexError,
+    OverflowError,
+    NotImplementedError,
+    BytesLengthException,
+    struct.error,
+    zlib.error,
 )
 _DECODE_ERRORS = (*_READ_ERRORS, NotImplementedError, RuntimeError)
 
@@ -143,28 +156,30 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
         try:
             ds = pydicom.dcmread(path)
             pixels = _PixelSource(ds)
-        except _DECODE_ERRORS as full_exc:
+        except (*_DECODE_ERRORS, MemoryError) as full_exc:
+            # MemoryError: a hostile PixelData length asks pydicom for gigabytes.
             # A file cut inside its pixel data still has a usable header: group it by that
             # and report the pixels as undecodable only if its slices are selected.
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except _READ_ERRORS as exc:
+            except (*_READ_ERRORS, MemoryError) as exc:
                 result.errors.append(f"{path}: not a readable DICOM file ({exc})")
                 continue
             pixels = _PixelSource(None, f"{path}: pixel data could not be decoded ({full_exc})")
-        if _sop_class(ds) == _MEDIA_STORAGE_DIRECTORY:
-            continue
         try:
+            _reject_disguised_sequences(ds)
+            if _sop_class(ds) == _MEDIA_STORAGE_DIRECTORY:
+                continue
             frames = _frames(path, pixels, ds)
+            uid = str(ds.get("SeriesInstanceUID") or "") or None
+            # Anonymised files may lack the UID; fall back to what separates series.
+            key = uid or f"{path.parent}\0{ds.get('FrameOfReferenceUID', '')}"
         except CTInputError as exc:
             result.errors.append(f"{path}: {exc}")
             continue
         except _READ_ERRORS as exc:
-            result.errors.append(f"{path}: malformed DICOM header ({exc!r})")
+            result.errors.append(f"{path}: malformed DICOM header ({type(exc).__name__})")
             continue
-        uid = str(ds.get("SeriesInstanceUID") or "") or None
-        # Anonymised files may lack the UID; fall back to what normally separates series.
-        key = uid or f"{path.parent}\0{ds.get('FrameOfReferenceUID', '')}"
         series[key].extend(frames)
         uids[key] = uid
     for key in list(series):
@@ -174,6 +189,8 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
             result.volumes.append(_assemble(uids[key], frames, result.errors))
         except CTInputError as exc:
             result.errors.append(str(exc))
+        except (*_DECODE_ERRORS, MemoryError) as exc:
+            result.errors.append(f"series could not be assembled ({type(exc).__name__})")
     return result
 
 
@@ -181,6 +198,26 @@ def _sop_class(ds: Dataset) -> str:
     # Some anonymisers blank SOPClassUID in the data set but leave the file meta intact.
     meta = getattr(ds, "file_meta", None) or Dataset()
     return str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+
+
+#: Attributes the reader turns into text or numbers. A sequence in their place is hostile:
+#: converting it recurses through its nesting (seconds and gigabytes at a depth of 1000).
+_SCALAR_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality",
+    "Rows", "Columns", "SamplesPerPixel", "InstanceNumber", "ImageType", "NumberOfFrames",
+    "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "RescaleSlope",
+    "RescaleIntercept", "PixelPaddingValue", "BitsAllocated", "PixelRepresentation",
+)
+
+
+def _reject_disguised_sequences(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    for source, keywords in ((ds, _SCALAR_KEYWORDS),
+                             (meta, ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"))):
+        for keyword in keywords:
+            raw = source.get_item(keyword)
+            if raw is not None and (raw.VR == "SQ" or getattr(raw, "length", 0) == 0xFFFFFFFF):
+                raise CTInputError(f"{keyword} is a sequence (malformed header)")
 
 
 def _vector(item: Dataset | None, keyword: str, size: int) -> Vector:
@@ -208,6 +245,8 @@ def _frames(path: Path, pixels: _PixelSource, ds: Dataset) -> list[_Frame]:
     sop_uid = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
     instance = int(ds.get("InstanceNumber") or 0)
     shape = (int(ds.Rows), int(ds.Columns))
+    if not (min(shape) > 0 and max(shape) <= MAX_MATRIX):
+        raise CTInputError(f"implausible matrix {shape[0]}×{shape[1]}")
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     multi_frame = sop_class != CT_IMAGE_STORAGE
     n_frames = int(ds.get("NumberOfFrames") or 1) if multi_frame else 1
@@ -236,8 +275,9 @@ def _frames(path: Path, pixels: _PixelSource, ds: Dataset) -> list[_Frame]:
         types = image_type + [
             str(v).upper() for v in (frame_type or Dataset()).get("FrameType", [])
         ]
-        if min(spacing) <= 0:
-            raise CTInputError(f"invalid PixelSpacing {spacing.tolist()}")
+        low, high = PIXEL_SPACING_RANGE_MM
+        if not (low <= min(spacing) and max(spacing) <= high):
+            raise CTInputError(f"implausible PixelSpacing {spacing.tolist()} mm")
         if min(np.linalg.norm(orientation[:3]), np.linalg.norm(orientation[3:])) < 1e-6:
             raise CTInputError("degenerate ImageOrientationPatient")
         frames.append(
