@@ -40,7 +40,7 @@ pytestmark = [
 ]
 
 SOAK = os.environ.get("BPR_SOAK") == "1"
-SERIES_PER_SENDER = 6 if SOAK else 2
+SERIES_PER_SENDER = 30 if SOAK else 2
 KILL_CYCLES = 20 if SOAK else 3
 SLICES = 48
 
