@@ -51,6 +51,14 @@ class NetworkConfig:
     #: Largest PDU we accept, in bytes (0: unlimited).
     max_pdu_bytes: int = 262144
 
+    def apply_to(self, ae: Any) -> None:
+        """Set these timeouts and the PDU limit on a pynetdicom AE (listening or calling)."""
+        ae.acse_timeout = self.acse_timeout_s
+        ae.dimse_timeout = self.dimse_timeout_s
+        ae.network_timeout = self.network_timeout_s
+        ae.connection_timeout = self.acse_timeout_s
+        ae.maximum_pdu_size = self.max_pdu_bytes
+
 
 @dataclass(frozen=True)
 class StorageConfig:

@@ -388,11 +388,7 @@ class Forwarder:
         """
         net = self._config.network
         ae = AE(ae_title=net.ae_title)
-        ae.acse_timeout = net.acse_timeout_s
-        ae.dimse_timeout = net.dimse_timeout_s
-        ae.network_timeout = net.network_timeout_s
-        ae.connection_timeout = net.acse_timeout_s
-        ae.maximum_pdu_size = net.max_pdu_bytes
+        net.apply_to(ae)
         contexts: list[tuple[str, tuple[UID, ...]]] = []
         kept: list[_Due] = []
         for job in jobs:

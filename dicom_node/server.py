@@ -181,10 +181,7 @@ class Node:
         net = self.config.network
         ae = AE(ae_title=net.ae_title)
         ae.maximum_associations = net.max_associations
-        ae.acse_timeout = net.acse_timeout_s
-        ae.dimse_timeout = net.dimse_timeout_s
-        ae.network_timeout = net.network_timeout_s
-        ae.maximum_pdu_size = net.max_pdu_bytes
+        net.apply_to(ae)
         ae.require_called_aet = self.config.security.check_called_ae
         if self.config.security.require_known_peers:
             ae.require_calling_aet = [p.ae_title for p in self.config.peers]
