@@ -267,6 +267,7 @@ def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike 
     regions = body_part_examined_dict(z, cleaned.scores, table, settings.region_boundaries)
     tag = body_part_examined_tag(cleaned.scores, _z_range(z, cleaned), table,
                                  valid_z_spacing=check.valid_z_spacing,
+                                 placeable=not check.unplaceable,
                                  z_range_threshold_mm=settings.z_range_threshold_mm)
     term, term_regions, note = _term(tag, regions, anomalies, settings)
     return BodyPartResult(
@@ -394,8 +395,9 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
        [½, 2] × the median; :func:`model.sanity.typical_slopes`).
     2. ``tangential_slope``: 0.5 % / 99.5 % quantiles of eq. 4.17 over those (thesis).
     3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s).
-    4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio| separating the curves as
-       stored from the same curves with their z-spacing scaled by 2 and 0.5
+    4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio|, halfway in log space
+       between the typical ratio of the curves as stored and the same ratio with the
+       z-spacing scaled by 2 and 0.5
        (:func:`model.sanity.calibrate_slope_ratio_range`), and the thesis' single
        ``slope_ratio_threshold`` θ (:func:`model.sanity.calibrate_slope_threshold`).
 

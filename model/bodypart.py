@@ -260,7 +260,7 @@ class TagResult:
 
     tag: str
     regions: tuple[str, ...]  # tag regions head → feet, e.g. ("CHEST", "ABDOMEN")
-    method: str  # "landmarks", "slice_majority", "invalid_z_spacing" or "no_scores"
+    method: str  # "landmarks", "slice_majority", "invalid_z_spacing", "unplaceable", "no_scores"
 
 
 def landmark_inside(scores: FloatVector, value: float) -> bool:
@@ -274,11 +274,13 @@ def body_part_examined_tag(
     table: Mapping[str, LandmarkScore],
     *,
     valid_z_spacing: bool | None = True,
+    placeable: bool = True,
     z_range_threshold_mm: float = Z_RANGE_THRESHOLD_MM,
 ) -> TagResult:
     """Thesis tag (fig. 4.9), e.g. ``"HEAD-NECK"``, ``"CHEST-ABDOMEN-PELVIS"``, ``"NONE"``.
 
-    ``NONE`` when the z-spacing is invalid, no cleaned score exists, or no region is found.
+    ``NONE`` when the z-spacing is invalid, the model cannot place the slices
+    (``placeable`` false: a flat curve), no cleaned score exists, or no region is found.
     Volumes of at least ``z_range_threshold_mm`` list the regions with enough visible
     landmarks (:data:`TAG_LANDMARKS`); shorter ones, and longer ones without such a region
     (as bpreg does), take the most frequent per-slice region (:data:`TAG_SLICE_CLASSES`).
@@ -289,6 +291,8 @@ def body_part_examined_tag(
     s = s[np.isfinite(s)]
     if valid_z_spacing is False:
         return TagResult(NO_TAG, (), "invalid_z_spacing")
+    if not placeable:
+        return TagResult(NO_TAG, (), "unplaceable")
     if s.size == 0:
         return TagResult(NO_TAG, (), "no_scores")
     regions: tuple[str, ...] = ()

@@ -139,6 +139,10 @@ class SlopeCheck:
     valid_range: tuple[float, float]
     reverse_z_ordering: bool | None
     valid_z_spacing: bool | None
+    #: The curve is flatter than half the valid range's floor: no plausible spacing error
+    #: explains it, so the model cannot place these slices (or the header is off by far
+    #: more than ×2); ordering and spacing stay undecided.
+    unplaceable: bool = False
 
     @property
     def relative_error(self) -> float | None:
@@ -182,13 +186,15 @@ def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: flo
         return SlopeCheck(slope, expected_slope, None, spacing, None, valid_range, reverse,
                           None)
     ratio = slope / expected_slope
-    valid = valid_range[0] <= abs(ratio) <= valid_range[1]
     expected_spacing = spacing * abs(ratio) if spacing is not None else None
     # a curve flatter than half the valid range's floor is not explained by a doubled
-    # spacing either: its sign is noise, so the ordering stays undecided
-    ordering = None if abs(ratio) < valid_range[0] / 2 else reverse
+    # spacing either: its sign is noise, and its spacing cannot be judged
+    if abs(ratio) < valid_range[0] / 2:
+        return SlopeCheck(slope, expected_slope, ratio, spacing, expected_spacing,
+                          valid_range, None, None, unplaceable=True)
+    valid = valid_range[0] <= abs(ratio) <= valid_range[1]
     return SlopeCheck(slope, expected_slope, ratio, spacing, expected_spacing, valid_range,
-                      ordering, valid)
+                      reverse, valid)
 
 
 def slope_anomalies(check: SlopeCheck, z_mm: npt.ArrayLike) -> list[Anomaly]:
@@ -201,6 +207,16 @@ def slope_anomalies(check: SlopeCheck, z_mm: npt.ArrayLike) -> list[Anomaly]:
                            "z-ordering and z-spacing cannot be checked"))
         return out
     whole, z_range = (0, z.size - 1), (float(z[0]), float(z[-1]))
+    if check.unplaceable and check.slope_ratio is not None:
+        out.append(Anomaly(
+            AnomalyCode.OUT_OF_SCOPE, Severity.ERROR,
+            f"scores change only {abs(check.slope_ratio):.2f}× as fast per mm as expected, "
+            "too little for any plausible z-spacing: the model cannot place these slices "
+            "(e.g. a small limb crop), so ordering and spacing cannot be judged",
+            slices=whole, z_mm=z_range,
+            details={"slope_ratio": check.slope_ratio,
+                     "valid_ratio_min": check.valid_range[0],
+                     "valid_ratio_max": check.valid_range[1]}))
     if check.reverse_z_ordering:
         out.append(Anomaly(
             AnomalyCode.REVERSED_Z, Severity.WARNING,
@@ -445,10 +461,15 @@ def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope:
                                 ) -> tuple[float, float]:
     """Valid range [r_lo, r_hi] of |r| for the z-spacing check, from training curves.
 
-    Each typical curve gives |r| as stored (must pass) and with its z-spacing scaled by
-    each of ``factors`` (|r| / f, must fail). r_lo separates the stored ratios from those
-    scaled by factors above 1, r_hi from those scaled by factors below 1; each bound is the
-    middle of the widest gap among the cuts with the fewest misclassified curves.
+    The check decides between two hypotheses per series: the header spacing is right
+    (|r| near the typical training ratio c), or it is off by a factor f (|r| near c / f).
+    Both spread alike in log |r| (patient size, model error), so the decision boundary
+    lies halfway between them in log space: r_lo = c / √f for the nearest f > 1 and
+    r_hi = c / √f for the nearest f < 1, with c the median of the typical training
+    ratios. Unlike a cut fitted to the extremes, this does not move with a few curves the
+    model cannot place (limb crops flatten the low end of our training ratios): a
+    brain CT whose curve is 35 % steeper than average still passes, while a
+    halved or doubled spacing of any curve within √2 of c is caught.
 
     Parameters
     ----------
@@ -465,10 +486,11 @@ def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope:
         If no typical curve exists or ``expected_slope`` is not positive.
     """
     ratios = np.abs(_typical_ratios(curves, expected_slope))
-    too_flat = np.concatenate([ratios / f for f in factors if f > 1] or [np.zeros(0)])
-    too_steep = np.concatenate([ratios / f for f in factors if f < 1] or [np.zeros(0)])
-    lo = -_best_split(-ratios, -too_flat) if too_flat.size else 0.0
-    hi = _best_split(ratios, too_steep) if too_steep.size else math.inf
+    centre = float(np.exp(np.median(np.log(ratios))))
+    above = [f for f in factors if f > 1]
+    below = [f for f in factors if 0 < f < 1]
+    lo = centre / math.sqrt(min(above)) if above else 0.0
+    hi = centre / math.sqrt(max(below)) if below else math.inf
     return lo, hi
 
 

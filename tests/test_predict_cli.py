@@ -53,6 +53,9 @@ def test_predict_tilted_ge_head_series(shared_data: Path, tmp_path: Path) -> Non
     assert spearmanr(scores[:-3], z[:-3])[0] > 0.9
     assert np.median(scores) > 84.7  # above the mandible's reference score: a head scan
     assert doc["slice_scores"][-1] is None and doc["slice_scores"][0] is not None
+    # a brain CT's curve is steeper than the average training curve; it must still pass
+    assert doc["valid_z_spacing"] is True and doc["anomalies"] == []
+    assert doc["body_part_examined"] == "HEAD"
 
 
 def test_batch_goes_on_after_bad_inputs(shared_data: Path, tmp_path: Path,

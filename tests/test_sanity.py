@@ -10,10 +10,8 @@ import pytest
 
 from model import preprocess
 from model.analysis import (
-    AnalysisSettings,
     BodyPartResult,
     analyze,
-    interpret,
     score_with_content,
 )
 from model.evaluate import read_manifest
@@ -36,6 +34,7 @@ from model.sanity import (
     slope_statistics,
     typical_slopes,
 )
+from model.term_check import variant
 from model.volume import CTVolume
 
 # --- z-ordering and z-spacing -------------------------------------------------------------
@@ -66,11 +65,18 @@ def test_reversed_order_is_detected_and_spacing_uses_the_magnitude() -> None:
     assert codes == [AnomalyCode.REVERSED_Z]
 
 
-def test_flat_curve_has_no_ordering() -> None:
+def test_flat_curve_is_out_of_scope_not_a_spacing_error() -> None:
     z = np.arange(0.0, 300.0, 2.5)
     check = check_slope(z, 80 - 0.005 * z, expected_slope=0.1, valid_range=(0.6, 1.25))
-    assert check.reverse_z_ordering is None and check.valid_z_spacing is False
-    assert [a.code for a in slope_anomalies(check, z)] == [AnomalyCode.INVALID_Z_SPACING]
+    assert check.unplaceable
+    assert check.reverse_z_ordering is None and check.valid_z_spacing is None
+    (anomaly,) = slope_anomalies(check, z)
+    assert anomaly.code is AnomalyCode.OUT_OF_SCOPE and anomaly.severity is Severity.ERROR
+    assert "cannot place" in anomaly.message
+    # just above half the floor a doubled spacing explains the curve: a spacing error
+    steeper = check_slope(z, 80 + 0.031 * z, expected_slope=0.1, valid_range=(0.6, 1.25))
+    assert not steeper.unplaceable and steeper.valid_z_spacing is False
+    assert [a.code for a in slope_anomalies(steeper, z)] == [AnomalyCode.INVALID_Z_SPACING]
 
 
 def test_too_few_slices_leave_checks_open() -> None:
@@ -116,21 +122,29 @@ def test_threshold_separates_stored_from_scaled_spacing() -> None:
         calibrate_slope_threshold(curves, expected_slope=0.0)
 
 
-def test_ratio_range_works_where_a_symmetric_threshold_cannot() -> None:
-    # |r| from 0.65 to 1.13, as our training curves: the flattest curve with its spacing
-    # halved (|r| = 1.3) is closer to 1 than the same curve as stored (|r| = 0.65)
-    slopes = 0.11 * np.array([0.65, 0.8, 0.9, 1.0, 1.05, 1.13])
+def test_ratio_range_is_halfway_to_a_scaled_spacing_in_log_space() -> None:
+    # a steep brain CT (|r| = 1.35) among ordinary curves
+    slopes = 0.11 * np.array([0.9, 0.95, 1.0, 1.05, 1.1, 1.35])
     curves = [_cleaned_line(m) for m in slopes]
     lo, hi = calibrate_slope_ratio_range(curves, expected_slope=0.11)
     ratios = np.array([check_slope(c.z_mm, c.scores, 0.11, (lo, hi)).slope_ratio
                        for c in curves], dtype=float)
+    centre = np.exp(np.median(np.log(ratios)))
+    assert (lo, hi) == pytest.approx((centre / np.sqrt(2), centre * np.sqrt(2)))
     assert np.all((ratios >= lo) & (ratios <= hi))
     assert np.all(ratios / 2 < lo) and np.all(ratios * 2 > hi)
-    theta = calibrate_slope_threshold(curves, expected_slope=0.11)
-    band_lo, band_hi = ratio_range_from_threshold(theta)
-    missed = (ratios < band_lo) | (ratios > band_hi) | ((ratios * 2 >= band_lo)
-                                                        & (ratios * 2 <= band_hi))
-    assert missed.any()
+
+
+def test_ratio_range_does_not_follow_curves_the_model_cannot_place() -> None:
+    ordinary = 0.11 * np.array([0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3])
+    flat_crops = 0.11 * np.array([0.55, 0.6])  # typical by the ×2 rule, but limb crops
+    lo, hi = calibrate_slope_ratio_range([_cleaned_line(m) for m in ordinary], 0.11)
+    lo2, hi2 = calibrate_slope_ratio_range(
+        [_cleaned_line(m) for m in np.concatenate([ordinary, flat_crops])], 0.11)
+    assert lo2 == pytest.approx(lo, rel=0.06) and hi2 == pytest.approx(hi, rel=0.06)
+    assert hi2 > 1.3  # the steepest ordinary curve stays valid
+    with pytest.raises(ValueError, match="positive"):
+        calibrate_slope_ratio_range([_cleaned_line(0.1)], expected_slope=-1.0)
 
 
 # --- discontinuities ----------------------------------------------------------------------
@@ -236,13 +250,7 @@ def val_scored(shared_data: Path, regressor: BodyPartRegressor) -> dict[str, Sco
 
 def _variant(s: Scored, regressor: BodyPartRegressor, *, z_factor: float = 1.0,
              reverse: bool = False) -> BodyPartResult:
-    z = s.volume.z_mm[0] + (s.volume.z_mm - s.volume.z_mm[0]) * z_factor
-    scores, body = s.scores, s.body
-    if reverse:  # what flipping the slices while keeping z does to per-slice scores
-        scores = SliceScores(z, scores.raw[::-1], scores.scores[::-1])
-        body = body[::-1]
-    volume = CTVolume(s.volume.hu, z, s.volume.pixel_spacing_mm, s.volume.source)
-    return interpret(volume, scores, body, regressor, AnalysisSettings(check_content=False))
+    return variant(s.volume, s.scores, s.body, regressor, z_factor=z_factor, reverse=reverse)
 
 
 def test_real_originals_pass_every_check(val_scored: dict[str, Scored],
