@@ -12,7 +12,9 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -154,28 +156,45 @@ class Node:
 
         A complete file without an index row was never acknowledged (the row is written
         before the success status), but it is valid data, so it is kept rather than lost.
+        Only day folders changed since the last complete scan are visited
+        (:meth:`FileStore.changed_day_folders`): a crash can leave nothing elsewhere.
         """
-        counts = {"partials_removed": self.store.remove_partials(), "orphans_indexed": 0,
+        started = time.time()
+        counts = {"folders_scanned": 0, "partials_removed": 0, "orphans_indexed": 0,
                   "orphans_unreadable": 0, "orphans_kept": 0}
-        with self.index.session() as session:
-            known = set(session.scalars(select(Instance.path)))
-        for relative in self.store.orphans(known):
-            path = self.store.absolute(relative)
-            try:
-                data = path.read_bytes()
-                ingest(self.index, self.store, data, read_header(data), source_ae="",
-                       analyzed_modalities=self.config.series.analyzed_modalities)
-            except BadInstanceError:
-                counts["orphans_unreadable"] += 1
-                continue
-            except OSError:  # no space to re-store it yet: keep it for the next start
-                counts["orphans_kept"] += 1
-                continue
-            path.unlink()
-            counts["orphans_indexed"] += 1
-        if any(counts.values()):
+        for folder in self.store.changed_day_folders(self.store.read_watermark()):
+            removed, files = self.store.scan_folder(folder)
+            counts["folders_scanned"] += 1
+            counts["partials_removed"] += removed
+            known = self._indexed_paths(folder)
+            for relative in files:
+                if relative not in known:
+                    counts[self._index_orphan(relative)] += 1
+        if counts["orphans_kept"] == 0:  # else retry them at the next start
+            self.store.write_watermark(started)
+        if any(v for k, v in counts.items() if k != "folders_scanned"):
             log.warning("storage recovery: %s", counts)
         return counts
+
+    def _indexed_paths(self, folder: Path) -> set[str]:
+        prefix = folder.relative_to(self.store.root).as_posix() + "/"
+        # a range on the unique path index ("0" follows "/"), fast on SQLite and PostgreSQL
+        with self.index.session() as session:
+            return set(session.scalars(select(Instance.path).where(
+                Instance.path >= prefix, Instance.path < prefix[:-1] + "0")))
+
+    def _index_orphan(self, relative: str) -> str:
+        path = self.store.absolute(relative)
+        try:
+            data = path.read_bytes()
+            ingest(self.index, self.store, data, read_header(data), source_ae="",
+                   analyzed_modalities=self.config.series.analyzed_modalities)
+        except BadInstanceError:
+            return "orphans_unreadable"
+        except OSError:  # no space to re-store it yet: keep it for the next start
+            return "orphans_kept"
+        path.unlink()
+        return "orphans_indexed"
 
     def _application_entity(self) -> AE:
         net = self.config.network

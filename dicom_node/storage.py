@@ -16,6 +16,14 @@ import uuid
 from pathlib import Path
 
 _PARTIAL_SUFFIX = ".part"
+#: Day folders (``YYYY/MM/DD``) last modified more than this long before the previous
+#: recovery scan are skipped at start-up: nothing was written, renamed or left there since,
+#: so they can hold no crash leftover. The margin absorbs clock adjustments and coarse
+#: file-system timestamps.
+RESCAN_MARGIN_S = 24 * 3600.0
+#: File in the storage root holding the start time of the last complete recovery scan.
+_WATERMARK = ".recovery-scan"
+_DAY_FOLDER_NAMES = (4, 2, 2)  # digits of YYYY, MM, DD
 
 
 class OutOfSpaceError(OSError):
@@ -78,22 +86,55 @@ class FileStore:
         """Remove a stored file (used when its index row could not be written)."""
         self.absolute(relative).unlink(missing_ok=True)
 
-    def remove_partials(self) -> int:
-        """Delete ``.part`` files left by a crash; returns how many."""
-        removed = 0
-        for path in self.root.rglob("*" + _PARTIAL_SUFFIX):
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
+    def changed_day_folders(self, since: float | None) -> list[Path]:
+        """Day folders modified after ``since`` (a recovery watermark) minus the margin.
 
-    def orphans(self, known: set[str]) -> list[str]:
-        """Relative paths of complete files that the index does not list."""
-        found = []
-        for path in self.root.rglob("*.dcm"):
-            relative = path.relative_to(self.root).as_posix()
-            if relative not in known:
-                found.append(relative)
-        return found
+        Only the folder tree is listed, never the files, so a start-up after a clean run
+        costs milliseconds however many files the store holds. ``since`` None gives all.
+        """
+        folders = [self.root]
+        for digits in _DAY_FOLDER_NAMES:
+            folders = [Path(entry.path) for folder in folders
+                       for entry in os.scandir(folder)
+                       if entry.is_dir(follow_symlinks=False) and len(entry.name) == digits
+                       and entry.name.isdigit()]
+        if since is None:
+            return sorted(folders)
+        cutoff = since - RESCAN_MARGIN_S
+        return sorted(f for f in folders if f.stat().st_mtime >= cutoff)
+
+    def scan_folder(self, folder: Path) -> tuple[int, list[str]]:
+        """Delete the ``.part`` leftovers of one day folder; list its complete files.
+
+        Returns
+        -------
+        (int, list of str)
+            How many leftovers were removed, and the relative paths of the ``.dcm`` files.
+        """
+        removed, complete = 0, []
+        for entry in os.scandir(folder):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name.endswith(_PARTIAL_SUFFIX):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+            elif entry.name.endswith(".dcm"):
+                complete.append(Path(entry.path).relative_to(self.root).as_posix())
+        return removed, sorted(complete)
+
+    def read_watermark(self) -> float | None:
+        """Start time of the last complete recovery scan; None before the first."""
+        try:
+            return float((self.root / _WATERMARK).read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            return None
+
+    def write_watermark(self, started: float) -> None:
+        """Record a complete recovery scan that began at ``started`` (epoch seconds)."""
+        target = self.root / _WATERMARK
+        partial = target.with_name(target.name + ".tmp")
+        partial.write_text(repr(started), encoding="ascii")
+        os.replace(partial, target)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -153,11 +155,61 @@ def test_store_paths_cannot_escape_the_root(tmp_path: Path) -> None:
         files.absolute("../outside.dcm")
 
 
-def test_partials_are_removed_and_orphans_found(tmp_path: Path) -> None:
+def test_scan_removes_partials_and_lists_complete_files(tmp_path: Path) -> None:
     files = FileStore(tmp_path / "storage")
     relative = files.new_relative_path()
     files.write(relative, b"complete")
-    (files.absolute(relative).parent / "x.dcm.part").write_bytes(b"half")
-    assert files.remove_partials() == 1
-    assert files.orphans(set()) == [relative]
-    assert files.orphans({relative}) == []
+    folder = files.absolute(relative).parent
+    (folder / "x.dcm.part").write_bytes(b"half")
+    assert files.changed_day_folders(None) == [folder]
+    assert files.scan_folder(folder) == (1, [relative])
+    assert files.scan_folder(folder) == (0, [relative])
+
+
+def test_only_day_folders_changed_since_the_last_scan_are_visited(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "storage")
+    old, new = files.root / "2020" / "01" / "02", files.root / "2026" / "11" / "23"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+        (folder / "a.dcm").write_bytes(b"x")
+    (files.root / "2020" / "notes").mkdir()  # not a day folder
+    watermark = time.time()
+    two_days = 2 * 24 * 3600
+    os.utime(old, (watermark - two_days, watermark - two_days))
+    assert files.read_watermark() is None
+    files.write_watermark(watermark)
+    assert files.read_watermark() == watermark
+    assert files.changed_day_folders(files.read_watermark()) == [new]
+    assert files.changed_day_folders(None) == [old, new]
+    (files.root / ".recovery-scan").write_text("garbage")
+    assert files.read_watermark() is None  # a damaged watermark means a full scan
+
+
+def test_node_recovery_indexes_orphans_then_skips_unchanged_folders(tmp_path: Path) -> None:
+    from dicom_node.config import config_from_dict
+    from dicom_node.server import Node
+
+    config = config_from_dict({"storage": {"root": "storage", "min_free_bytes": 0},
+                               "database": {"url": f"sqlite:///{tmp_path / 'i.sqlite'}"},
+                               "peers": [{"ae_title": "PACS"}]},
+                              tmp_path)
+    node = Node(config)
+    try:
+        data = part10()
+        ingest(node.index, node.store, data, read_header(data), source_ae="",
+               analyzed_modalities=("CT",))
+        orphan = node.store.root / "2020" / "01" / "02" / "lost.dcm"  # crash before its row
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(part10(InstanceNumber=2))
+        (orphan.parent / "y.dcm.part").write_bytes(b"half")
+        counts = node.recover_storage()
+        assert counts["folders_scanned"] == 2 and counts["partials_removed"] == 1
+        assert counts["orphans_indexed"] == 1 and not orphan.exists()
+        with node.index.session() as db:
+            assert len(db.scalars(select(Instance)).all()) == 2
+        day = 24 * 3600
+        for folder in node.store.changed_day_folders(None):
+            os.utime(folder, (time.time() - 2 * day, time.time() - 2 * day))
+        assert node.recover_storage()["folders_scanned"] == 0
+    finally:
+        node.index.close()
