@@ -48,6 +48,11 @@ SLOPE_OUTLIER_FACTOR = 2.0
 DEFAULT_SLOPE_RATIO_THRESHOLD = 0.28
 #: Fewest cleaned slices for a slope fit.
 MIN_SLICES_FOR_SLOPE = 3
+#: Shortest z-extent of cleaned slices for the ordering and spacing checks. Over less, the
+#: expected score change (≈ 5 units at the mean slope) is no larger than the model's local
+#: wiggles, and the 10 mm smoothing leaves fewer than ~2 independent samples: a slope fit
+#: there measures noise (the 38 mm upper-abdomen slab of the TotalSegmentator example).
+MIN_SLOPE_EXTENT_MM = 50.0
 #: Plausible stored CT values (HU); well beyond the −1024…3071 of 12-bit CT but below MR
 #: or raw detector values.
 CT_HU_RANGE = (-1100.0, 4000.0)
@@ -143,6 +148,11 @@ class SlopeCheck:
     #: explains it, so the model cannot place these slices (or the header is off by far
     #: more than ×2); ordering and spacing stay undecided.
     unplaceable: bool = False
+    #: Cleaned slices span less than the checks need (:data:`MIN_SLOPE_EXTENT_MM`); the slope
+    #: is reported, ordering and spacing stay undecided.
+    too_short: bool = False
+    #: Patient-z extent of the cleaned slices (mm).
+    scored_extent_mm: float | None = None
 
     @property
     def relative_error(self) -> float | None:
@@ -162,7 +172,8 @@ def ratio_range_from_threshold(threshold: float) -> tuple[float, float]:
 
 
 def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: float | None,
-                valid_range: tuple[float, float]) -> SlopeCheck:
+                valid_range: tuple[float, float], *,
+                min_extent_mm: float = MIN_SLOPE_EXTENT_MM) -> SlopeCheck:
     """Fit a line to the cleaned scores and run the z-ordering and z-spacing checks.
 
     Parameters
@@ -173,6 +184,8 @@ def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: flo
         m̄_s, the model's mean slope per mm; None skips the z-spacing check.
     valid_range : (float, float)
         The spacing is valid when r_lo ≤ |r| ≤ r_hi.
+    min_extent_mm : float
+        Cleaned slices spanning less leave both checks undecided.
     """
     z = np.asarray(z_mm, dtype=np.float64)
     s = np.asarray(cleaned, dtype=np.float64)
@@ -186,15 +199,20 @@ def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: flo
         return SlopeCheck(slope, expected_slope, None, spacing, None, valid_range, reverse,
                           None)
     ratio = slope / expected_slope
-    expected_spacing = spacing * abs(ratio) if spacing is not None else None
+    extent = float(np.ptp(z[np.isfinite(s)]))
+    # undecided checks suggest no spacing (eq. 4.21 would extrapolate noise)
+    if extent < min_extent_mm:
+        return SlopeCheck(slope, expected_slope, ratio, spacing, None, valid_range, None,
+                          None, too_short=True, scored_extent_mm=extent)
     # a curve flatter than half the valid range's floor is not explained by a doubled
     # spacing either: its sign is noise, and its spacing cannot be judged
     if abs(ratio) < valid_range[0] / 2:
-        return SlopeCheck(slope, expected_slope, ratio, spacing, expected_spacing,
-                          valid_range, None, None, unplaceable=True)
+        return SlopeCheck(slope, expected_slope, ratio, spacing, None, valid_range, None,
+                          None, unplaceable=True, scored_extent_mm=extent)
+    expected_spacing = spacing * abs(ratio) if spacing is not None else None
     valid = valid_range[0] <= abs(ratio) <= valid_range[1]
     return SlopeCheck(slope, expected_slope, ratio, spacing, expected_spacing, valid_range,
-                      reverse, valid)
+                      reverse, valid, scored_extent_mm=extent)
 
 
 def slope_anomalies(check: SlopeCheck, z_mm: npt.ArrayLike) -> list[Anomaly]:
@@ -205,6 +223,13 @@ def slope_anomalies(check: SlopeCheck, z_mm: npt.ArrayLike) -> list[Anomaly]:
         out.append(Anomaly(AnomalyCode.TOO_FEW_SLICES, Severity.WARNING,
                            f"fewer than {MIN_SLICES_FOR_SLOPE} slices with a cleaned score: "
                            "z-ordering and z-spacing cannot be checked"))
+        return out
+    if check.too_short:
+        out.append(Anomaly(AnomalyCode.TOO_FEW_SLICES, Severity.WARNING,
+                           f"the scored slices span only {check.scored_extent_mm:.0f} mm: too "
+                           "short for the z-ordering and z-spacing checks",
+                           details={"scored_extent_mm": check.scored_extent_mm,
+                                    "slope_ratio": check.slope_ratio}))
         return out
     whole, z_range = (0, z.size - 1), (float(z[0]), float(z[-1]))
     if check.unplaceable and check.slope_ratio is not None:

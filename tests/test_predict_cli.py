@@ -58,6 +58,19 @@ def test_predict_tilted_ge_head_series(shared_data: Path, tmp_path: Path) -> Non
     assert doc["body_part_examined"] == "HEAD"
 
 
+def test_predict_short_abdomen_slab_is_named_with_checks_open(shared_data: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "slab.json"
+    assert main(["predict", str(shared_data / "dicom" / "totalseg_example_ct_dicom"),
+                 "--out", str(out)]) == 0
+    doc = _strict_load(out)
+    # 20 slices over 38 mm of upper abdomen: too short to judge ordering or spacing, but
+    # every slice scores between the pelvis end and Th9
+    assert doc["body_part_examined"] == "ABDOMEN"
+    assert [a["code"] for a in doc["anomalies"]] == ["too_few_slices"]
+    assert doc["valid_z_spacing"] is None and doc["reverse_z_ordering"] is None
+
+
 def test_batch_goes_on_after_bad_inputs(shared_data: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "in" / "junk.dcm"

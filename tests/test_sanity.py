@@ -85,6 +85,19 @@ def test_too_few_slices_leave_checks_open() -> None:
     assert slope_anomalies(check, [0.0, 5.0])[0].code is AnomalyCode.TOO_FEW_SLICES
 
 
+def test_short_series_leave_checks_open_with_a_warning() -> None:
+    z = np.arange(0.0, 40.0, 2.0)  # 38 mm, the TotalSegmentator example's slab
+    check = check_slope(z, 42 - 0.006 * z, 0.11, (0.7, 1.4))
+    assert check.too_short and check.scored_extent_mm == pytest.approx(38.0)
+    assert check.reverse_z_ordering is None and check.valid_z_spacing is None
+    assert check.expected_z_spacing_mm is None and check.slope_ratio is not None
+    (anomaly,) = slope_anomalies(check, z)
+    assert anomaly.code is AnomalyCode.TOO_FEW_SLICES and anomaly.severity is Severity.WARNING
+    assert "38 mm" in anomaly.message
+    longer = np.arange(0.0, 60.0, 2.0)
+    assert check_slope(longer, 42 + 0.11 * longer, 0.11, (0.7, 1.4)).valid_z_spacing is True
+
+
 def test_invalid_spacing_is_an_error_record() -> None:
     z = np.arange(0.0, 300.0, 2.5)
     check = check_slope(2 * z, 20 + 0.1 * z, 0.1, (0.7, 1.3))
