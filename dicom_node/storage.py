@@ -22,7 +22,7 @@ _PARTIAL_SUFFIX = ".part"
 #: file-system timestamps.
 RESCAN_MARGIN_S = 24 * 3600.0
 #: File in the storage root holding the start time of the last complete recovery scan.
-_WATERMARK = ".recovery-scan"
+WATERMARK_NAME = ".recovery-scan"
 _DAY_FOLDER_NAMES = (4, 2, 2)  # digits of YYYY, MM, DD
 
 
@@ -125,13 +125,13 @@ class FileStore:
     def read_watermark(self) -> float | None:
         """Start time of the last complete recovery scan; None before the first."""
         try:
-            return float((self.root / _WATERMARK).read_text(encoding="ascii"))
+            return float((self.root / WATERMARK_NAME).read_text(encoding="ascii"))
         except (OSError, ValueError):
             return None
 
     def write_watermark(self, started: float) -> None:
         """Record a complete recovery scan that began at ``started`` (epoch seconds)."""
-        target = self.root / _WATERMARK
+        target = self.root / WATERMARK_NAME
         partial = target.with_name(target.name + ".tmp")
         partial.write_text(repr(started), encoding="ascii")
         os.replace(partial, target)

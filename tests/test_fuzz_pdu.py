@@ -39,6 +39,7 @@ from sqlalchemy import func, select
 from dicom_node.config import config_from_dict
 from dicom_node.index import Instance
 from dicom_node.server import Node
+from dicom_node.storage import WATERMARK_NAME
 from tests.node_harness import free_port
 from tests.test_fuzz_ingest import (
     SOAK,
@@ -86,7 +87,9 @@ class RunningNode:
     storage: Path
 
     def stored_files(self) -> list[Path]:
-        return sorted(p for p in self.storage.rglob("*") if not p.is_dir())
+        """Files in the storage besides the recovery watermark written at start-up."""
+        return sorted(p for p in self.storage.rglob("*")
+                      if not p.is_dir() and p != self.storage / WATERMARK_NAME)
 
     def stray_files(self) -> list[Path]:
         """Anything in the node's folder besides its storage and its index database."""

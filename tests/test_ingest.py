@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from dicom_node.index import Index, Instance, Series, SeriesState, Study
 from dicom_node.ingest import BadInstanceError, ingest, is_valid_uid, read_header
-from dicom_node.storage import FileStore, OutOfSpaceError
+from dicom_node.storage import WATERMARK_NAME, FileStore, OutOfSpaceError
 
 SERVER_NAME = re.compile(r"^\d{4}/\d{2}/\d{2}/[0-9a-f]{32}\.dcm$")
 
@@ -181,7 +181,7 @@ def test_only_day_folders_changed_since_the_last_scan_are_visited(tmp_path: Path
     assert files.read_watermark() == watermark
     assert files.changed_day_folders(files.read_watermark()) == [new]
     assert files.changed_day_folders(None) == [old, new]
-    (files.root / ".recovery-scan").write_text("garbage")
+    (files.root / WATERMARK_NAME).write_text("garbage")
     assert files.read_watermark() is None  # a damaged watermark means a full scan
 
 
