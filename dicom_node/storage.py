@@ -9,6 +9,7 @@ date folders: no UID or other peer value ever becomes part of a path.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import time
@@ -94,10 +95,7 @@ class FileStore:
         """
         folders = [self.root]
         for digits in _DAY_FOLDER_NAMES:
-            folders = [Path(entry.path) for folder in folders
-                       for entry in os.scandir(folder)
-                       if entry.is_dir(follow_symlinks=False) and len(entry.name) == digits
-                       and entry.name.isdigit()]
+            folders = [sub for folder in folders for sub in _numbered_folders(folder, digits)]
         if since is None:
             return sorted(folders)
         cutoff = since - RESCAN_MARGIN_S
@@ -112,9 +110,9 @@ class FileStore:
             How many leftovers were removed, and the relative paths of the ``.dcm`` files.
         """
         removed, complete = 0, []
-        for entry in os.scandir(folder):
-            if not entry.is_file(follow_symlinks=False):
-                continue
+        with os.scandir(folder) as entries:
+            files = [e for e in entries if e.is_file(follow_symlinks=False)]
+        for entry in files:
             if entry.name.endswith(_PARTIAL_SUFFIX):
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
@@ -125,9 +123,10 @@ class FileStore:
     def read_watermark(self) -> float | None:
         """Start time of the last complete recovery scan; None before the first."""
         try:
-            return float((self.root / WATERMARK_NAME).read_text(encoding="ascii"))
+            started = float((self.root / WATERMARK_NAME).read_text(encoding="ascii"))
         except (OSError, ValueError):
             return None
+        return started if math.isfinite(started) else None
 
     def write_watermark(self, started: float) -> None:
         """Record a complete recovery scan that began at ``started`` (epoch seconds)."""
@@ -135,6 +134,13 @@ class FileStore:
         partial = target.with_name(target.name + ".tmp")
         partial.write_text(repr(started), encoding="ascii")
         os.replace(partial, target)
+
+
+def _numbered_folders(folder: Path, digits: int) -> list[Path]:
+    """Subfolders named by ``digits`` decimal digits (the parts of ``YYYY/MM/DD``)."""
+    with os.scandir(folder) as entries:
+        return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)
+                and len(e.name) == digits and e.name.isdigit()]
 
 
 def _fsync_dir(folder: Path) -> None:

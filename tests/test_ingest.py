@@ -181,8 +181,9 @@ def test_only_day_folders_changed_since_the_last_scan_are_visited(tmp_path: Path
     assert files.read_watermark() == watermark
     assert files.changed_day_folders(files.read_watermark()) == [new]
     assert files.changed_day_folders(None) == [old, new]
-    (files.root / WATERMARK_NAME).write_text("garbage")
-    assert files.read_watermark() is None  # a damaged watermark means a full scan
+    for damaged in ("garbage", "nan", ""):  # a damaged watermark means a full scan
+        (files.root / WATERMARK_NAME).write_text(damaged)
+        assert files.read_watermark() is None
 
 
 def test_node_recovery_indexes_orphans_then_skips_unchanged_folders(tmp_path: Path) -> None:
