@@ -24,7 +24,7 @@ _PARTIAL_SUFFIX = ".part"
 RESCAN_MARGIN_S = 24 * 3600.0
 #: File in the storage root holding the start time of the last complete recovery scan.
 WATERMARK_NAME = ".recovery-scan"
-_DAY_FOLDER_NAMES = (4, 2, 2)  # digits of YYYY, MM, DD
+_DAY_FOLDER_DIGITS = (4, 2, 2)  # digits of YYYY, MM, DD
 
 
 class OutOfSpaceError(OSError):
@@ -94,7 +94,7 @@ class FileStore:
         costs milliseconds however many files the store holds. ``since`` None gives all.
         """
         folders = [self.root]
-        for digits in _DAY_FOLDER_NAMES:
+        for digits in _DAY_FOLDER_DIGITS:
             folders = [sub for folder in folders for sub in _numbered_folders(folder, digits)]
         if since is None:
             return sorted(folders)
