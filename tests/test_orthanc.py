@@ -134,6 +134,12 @@ def _sr_series(orthanc: OrthancServer, study_id: str) -> list[dict[str, Any]]:
             if s["MainDicomTags"].get("Modality") == "SR"]
 
 
+def _pending_forwards(index: Index) -> list[ForwardJob]:
+    with index.session() as db:
+        return list(db.scalars(select(ForwardJob).where(
+            ForwardJob.state == ForwardState.PENDING)).all())
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     folder = tmp_path_factory.mktemp("orthanc")
@@ -158,6 +164,10 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
                 try:
                     wait_for(lambda: bool(_sr_series(orthanc, study_id)), 90,
                              "Orthanc to hold the node's SR")
+                    # Orthanc shows the SR as soon as it has stored it, before its C-STORE
+                    # response reaches the node and the node records the job as sent.
+                    wait_for(lambda: not _pending_forwards(index), 30,
+                             "the node to record the forward")
                 except TimeoutError as exc:
                     # CI shows only the assertion: the two logs say which side got stuck.
                     raise AssertionError(
