@@ -9,6 +9,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.index import Index, Series, SeriesState, Study
 from dicom_node.series_tracking import SeriesTracker
+from tests.node_harness import wait_for
 
 
 def _series(index: Index, state: SeriesState, last: float) -> int:
@@ -33,13 +34,17 @@ def test_series_is_queued_after_quiet_time_and_not_before(tmp_path: Path) -> Non
     scheduler = BackgroundScheduler()
     scheduler.start()
     submitted: list[int] = []
-    tracker = SeriesTracker(index, scheduler, 0.5, submitted.append)
-    pk = _series(index, SeriesState.RECEIVING, time.time())
-    tracker.schedule(pk, time.time())
+    quiet_s = 2.0
+    tracker = SeriesTracker(index, scheduler, quiet_s, submitted.append)
+    last = time.time()
+    pk = _series(index, SeriesState.RECEIVING, last)
+    tracker.schedule(pk, last)
     time.sleep(0.2)
     assert submitted == [] and _state(index, pk) is SeriesState.RECEIVING
-    time.sleep(0.8)
-    assert submitted == [pk] and _state(index, pk) is SeriesState.QUEUED
+    # Polled rather than slept: a loaded CI machine may run the scheduler's thread late.
+    wait_for(lambda: submitted == [pk], 30, "the quiet-time check")
+    assert time.time() >= last + quiet_s
+    assert _state(index, pk) is SeriesState.QUEUED
     scheduler.shutdown()
 
 
