@@ -64,9 +64,23 @@ def analyze_series(paths: Sequence[Path], regressor: BodyPartRegressor | None = 
     """
     read = read_dicom_series(paths)
     if not read.volumes:
-        reasons = "; ".join(read.errors) or "no readable CT image in the series"
-        raise CTInputError(reasons)
+        raise CTInputError(_summarize_errors(read.errors) or "no readable CT image in the series")
     results = tuple(analyze(volume, regressor, settings=settings) for volume in read.volumes)
     uids = tuple(tuple(volume.sop_instance_uids) for volume in read.volumes)
     return SeriesAnalysis(results=results, slice_sop_instance_uids=uids,
                           read_errors=tuple(read.errors))
+
+
+#: Reasons quoted in full by :func:`_summarize_errors`; the rest are counted.
+ERRORS_QUOTED = 3
+
+
+def _summarize_errors(errors: Sequence[str]) -> str:
+    """The first :data:`ERRORS_QUOTED` reasons and a count of the rest, on one line.
+
+    A series of 2000 files broken the same way would otherwise give a message of 2000
+    reasons, which no log line or index column should hold.
+    """
+    quoted = "; ".join(errors[:ERRORS_QUOTED])
+    rest = len(errors) - ERRORS_QUOTED
+    return f"{quoted}; and {rest} more" if rest > 0 else quoted

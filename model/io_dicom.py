@@ -38,6 +38,13 @@ PADDING_HU = -1024.0
 MAX_MATRIX = 4096
 #: Pixel spacings (mm) outside this range are not CT (and would make resampling explode).
 PIXEL_SPACING_RANGE_MM = (0.01, 50.0)
+#: Largest |coordinate| (mm) of ImagePositionPatient accepted: scanners stay within metres of
+#: the isocentre; beyond 100 m float64 z differences lose the slice spacing (1e300 + 5 == 1e300).
+MAX_POSITION_MM = 1e5
+#: Largest |RescaleSlope| and |RescaleIntercept| accepted. CT stores HU with slope 1 (at most
+#: a few) and intercept about −1024; larger values overflow float32 HU into inf and NaN.
+MAX_RESCALE_SLOPE = 1e3
+MAX_RESCALE_INTERCEPT = 1e5
 #: Smaller angles between slice normal and body axis are rounding noise in the cosines.
 TILT_WARN_DEG = 0.5
 
@@ -280,6 +287,13 @@ def _frames(path: Path, pixels: _PixelSource, ds: Dataset) -> list[_Frame]:
             raise CTInputError(f"implausible PixelSpacing {spacing.tolist()} mm")
         if min(np.linalg.norm(orientation[:3]), np.linalg.norm(orientation[3:])) < 1e-6:
             raise CTInputError("degenerate ImageOrientationPatient")
+        position = _vector(macro(index, "PlanePositionSequence"), "ImagePositionPatient", 3)
+        if np.abs(position).max() > MAX_POSITION_MM:
+            raise CTInputError(f"implausible ImagePositionPatient {position.tolist()} mm")
+        slope = float((rescale or Dataset()).get("RescaleSlope", 1.0))
+        intercept = float((rescale or Dataset()).get("RescaleIntercept", 0.0))
+        if not 0 < abs(slope) <= MAX_RESCALE_SLOPE or not abs(intercept) <= MAX_RESCALE_INTERCEPT:
+            raise CTInputError(f"implausible RescaleSlope {slope} or RescaleIntercept {intercept}")
         frames.append(
             _Frame(
                 path=path,
@@ -290,11 +304,11 @@ def _frames(path: Path, pixels: _PixelSource, ds: Dataset) -> list[_Frame]:
                 localizer="LOCALIZER" in types,
                 row_dir=orientation[:3] / np.linalg.norm(orientation[:3]),
                 col_dir=orientation[3:] / np.linalg.norm(orientation[3:]),
-                position=_vector(macro(index, "PlanePositionSequence"), "ImagePositionPatient", 3),
+                position=position,
                 spacing=(float(spacing[0]), float(spacing[1])),
                 shape=shape,
-                slope=float((rescale or Dataset()).get("RescaleSlope", 1.0)),
-                intercept=float((rescale or Dataset()).get("RescaleIntercept", 0.0)),
+                slope=slope,
+                intercept=intercept,
             )
         )
     return frames

@@ -15,10 +15,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from model.api import ERRORS_QUOTED, analyze_series
 from model.io_dicom import DicomReadResult, read_dicom_folder, read_dicom_series
 from model.io_nifti import read_nifti
 from model.paths import shared_data_dir
-from model.volume import CTVolume
+from model.volume import CTInputError, CTVolume
 from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct, write_localizer
 
 DATA = shared_data_dir()
@@ -265,3 +266,39 @@ def test_outlier_orientation_and_matrix_are_dropped(volume: CTVolume, tmp_path: 
 def test_missing_folder_is_an_error(tmp_path: Path) -> None:
     result = read_dicom_folder(tmp_path / "absent")
     assert result.volumes == [] and result.errors == [f"{tmp_path / 'absent'}: not a folder"]
+
+
+@pytest.mark.parametrize(("keyword", "value", "reason"), [
+    # Beyond MAX_POSITION_MM the slice spacing drowns in float rounding (1e300 + 5 == 1e300):
+    # the series must be refused, not collapsed into one "duplicate" slice.
+    ("ImagePositionPatient", [0.0, 0.0, 1e300], "implausible ImagePositionPatient"),
+    # These overflow float32 HU into inf and NaN.
+    ("RescaleSlope", 1e30, "implausible RescaleSlope"),
+    ("RescaleSlope", 0, "implausible RescaleSlope"),
+    ("RescaleIntercept", -1e39, "implausible RescaleSlope 1.0 or RescaleIntercept"),
+])
+def test_implausible_geometry_or_rescale_is_an_error(
+        volume: CTVolume, tmp_path: Path, keyword: str, value: object, reason: str) -> None:
+    paths = write_ct_series(shrink(volume, slices=slice(0, 5)), tmp_path)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        setattr(ds, keyword, value)
+        ds.save_as(path)
+    result = read_dicom_series(paths)
+    assert result.volumes == []
+    assert len(result.errors) == 5
+    assert all(reason in e for e in result.errors), result.errors[0]
+
+
+def test_a_series_failing_in_every_file_gives_a_short_error(volume: CTVolume,
+                                                           tmp_path: Path) -> None:
+    paths = write_ct_series(volume, tmp_path)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PixelSpacing = [0, 0]
+        ds.save_as(path)
+    with pytest.raises(CTInputError) as raised:
+        analyze_series(paths)
+    message = str(raised.value)
+    assert message.count("implausible PixelSpacing") == ERRORS_QUOTED
+    assert message.endswith(f"; and {len(paths) - ERRORS_QUOTED} more")
