@@ -105,7 +105,7 @@ def read_header(data: bytes) -> Dataset:
 
 def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, source_ae: str,
            analyzed_modalities: tuple[str, ...], derived_from: int | None = None,
-           now: float | None = None) -> IngestResult:
+           now: float | None = None, stored_at: str | None = None) -> IngestResult:
     """Store and index one instance.
 
     Parameters
@@ -122,6 +122,9 @@ def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, sour
         Series of other modalities are marked SKIPPED with the reason.
     derived_from : int, optional
         For an SR the node wrote: the primary key of the series it reports on.
+    stored_at : str, optional
+        The store already holds ``data`` at this relative path (a file that lost its index
+        row in a crash): it is indexed where it lies, never written again nor deleted here.
 
     Raises
     ------
@@ -138,21 +141,25 @@ def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, sour
         if existing is not None:
             series = existing.series
             return IngestResult(series.id, existing.id, True, series.state, received_at)
-    relative = store.new_relative_path()
-    store.write(relative, data)
+    relative = stored_at or store.new_relative_path()
+    written = stored_at is None
+    if written:
+        store.write(relative, data)
     try:
         return _record(index, header, ids, relative, len(data), source_ae, analyzed_modalities,
                        derived_from, received_at)
     except IntegrityError:
         # Another association stored the same SOP Instance UID meanwhile: ours is the duplicate.
-        store.delete(relative)
+        if written:
+            store.delete(relative)
         with index.session() as session:
             existing = session.scalars(select(Instance).where(
                 Instance.sop_instance_uid == ids["SOPInstanceUID"])).one()
             series = existing.series
             return IngestResult(series.id, existing.id, True, series.state, received_at)
     except BaseException:
-        store.delete(relative)
+        if written:
+            store.delete(relative)
         raise
 
 

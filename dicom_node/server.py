@@ -187,13 +187,16 @@ class Node:
         path = self.store.absolute(relative)
         try:
             data = path.read_bytes()
-            ingest(self.index, self.store, data, read_header(data), source_ae="",
-                   analyzed_modalities=self.config.series.analyzed_modalities)
+            # Indexed where it lies: no second copy, so this works on a full disk too.
+            result = ingest(self.index, self.store, data, read_header(data), source_ae="",
+                            analyzed_modalities=self.config.series.analyzed_modalities,
+                            stored_at=relative)
         except BadInstanceError:
             return "orphans_unreadable"
-        except OSError:  # no space to re-store it yet: keep it for the next start
+        except OSError:  # e.g. EIO reading it: keep it for the next start
             return "orphans_kept"
-        path.unlink()
+        if result.duplicate:  # the instance is indexed under another file
+            path.unlink()
         return "orphans_indexed"
 
     def _application_entity(self) -> AE:

@@ -14,8 +14,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sqlalchemy import select
 
+from dicom_node.config import config_from_dict
 from dicom_node.index import Index, Instance, Series, SeriesState, Study
 from dicom_node.ingest import BadInstanceError, ingest, is_valid_uid, read_header
+from dicom_node.server import Node
 from dicom_node.storage import WATERMARK_NAME, FileStore, OutOfSpaceError
 
 SERVER_NAME = re.compile(r"^\d{4}/\d{2}/\d{2}/[0-9a-f]{32}\.dcm$")
@@ -186,31 +188,61 @@ def test_only_day_folders_changed_since_the_last_scan_are_visited(tmp_path: Path
         assert files.read_watermark() is None
 
 
-def test_node_recovery_indexes_orphans_then_skips_unchanged_folders(tmp_path: Path) -> None:
-    from dicom_node.config import config_from_dict
-    from dicom_node.server import Node
-
-    config = config_from_dict({"storage": {"root": "storage", "min_free_bytes": 0},
+def _recovering_node(tmp_path: Path, min_free_bytes: int = 0) -> Node:
+    config = config_from_dict({"storage": {"root": "storage", "min_free_bytes": min_free_bytes},
                                "database": {"url": f"sqlite:///{tmp_path / 'i.sqlite'}"},
                                "peers": [{"ae_title": "PACS"}]},
                               tmp_path)
-    node = Node(config)
+    return Node(config)
+
+
+def _indexed_paths(index: Index) -> list[str]:
+    with index.session() as db:
+        return sorted(db.scalars(select(Instance.path)))
+
+
+def test_node_recovery_indexes_orphans_then_skips_unchanged_folders(tmp_path: Path) -> None:
+    node = _recovering_node(tmp_path)
     try:
         data = part10()
-        ingest(node.index, node.store, data, read_header(data), source_ae="",
-               analyzed_modalities=("CT",))
-        orphan = node.store.root / "2020" / "01" / "02" / "lost.dcm"  # crash before its row
-        orphan.parent.mkdir(parents=True)
+        stored = ingest(node.index, node.store, data, read_header(data), source_ae="",
+                        analyzed_modalities=("CT",))
+        folder = node.store.root / "2020" / "01" / "02"
+        folder.mkdir(parents=True)
+        orphan = folder / "lost.dcm"  # crash before its row
         orphan.write_bytes(part10(InstanceNumber=2))
-        (orphan.parent / "y.dcm.part").write_bytes(b"half")
+        duplicate = folder / "again.dcm"  # crash after a second copy of an indexed instance
+        duplicate.write_bytes(data)
+        (folder / "y.dcm.part").write_bytes(b"half")
         counts = node.recover_storage()
         assert counts["folders_scanned"] == 2 and counts["partials_removed"] == 1
-        assert counts["orphans_indexed"] == 1 and not orphan.exists()
+        assert counts["orphans_indexed"] == 2 and counts["orphans_kept"] == 0
+        # The orphan is indexed where it lies (no second copy); the duplicate is gone.
+        assert orphan.exists() and not duplicate.exists()
         with node.index.session() as db:
-            assert len(db.scalars(select(Instance)).all()) == 2
+            first_path = db.get_one(Instance, stored.instance_pk).path
+        assert _indexed_paths(node.index) == sorted([first_path, "2020/01/02/lost.dcm"])
         day = 24 * 3600
-        for folder in node.store.changed_day_folders(None):
-            os.utime(folder, (time.time() - 2 * day, time.time() - 2 * day))
+        for changed in node.store.changed_day_folders(None):
+            os.utime(changed, (time.time() - 2 * day, time.time() - 2 * day))
         assert node.recover_storage()["folders_scanned"] == 0
+    finally:
+        node.index.close()
+
+
+def test_node_recovery_indexes_orphans_on_a_full_disk(tmp_path: Path) -> None:
+    node = _recovering_node(tmp_path, min_free_bytes=2**62)
+    try:
+        data = part10()
+        with pytest.raises(OutOfSpaceError):  # no new instance fits
+            ingest(node.index, node.store, data, read_header(data), source_ae="",
+                   analyzed_modalities=("CT",))
+        orphan = node.store.root / "2020" / "01" / "02" / "lost.dcm"
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(data)
+        counts = node.recover_storage()
+        assert (counts["orphans_indexed"], counts["orphans_kept"]) == (1, 0)
+        assert _indexed_paths(node.index) == ["2020/01/02/lost.dcm"]
+        assert orphan.read_bytes() == data
     finally:
         node.index.close()
