@@ -219,6 +219,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # SQLite's lower() folds ASCII only, so a person-name query "müller" (ILIKE compiles to
+    # lower() LIKE lower()) missed "MÜLLER", which PostgreSQL's ILIKE finds. Python's lower()
+    # folds all of Unicode; NULL stays NULL.
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 class Index:

@@ -13,11 +13,14 @@ into a boolean SQL expression over the index column that holds the attribute:
   partial time bound such as ``1015`` covers the whole minute;
 - numbers (IS and the binary integer VRs) — single value only, compared as integers.
 
-Case: PN values match case-insensitively (PS3.4 allows it, and users type names in any case);
-every other VR matches case-sensitively. The usual pitfalls are avoided on both supported
-back ends: SQLite's ``LIKE`` ignores ASCII case, so case-sensitive wildcards compile to
-``GLOB`` there (and to ``LIKE ... ESCAPE`` on PostgreSQL, where ``LIKE`` is case-sensitive);
-``%``, ``_`` and the escape character in a key value are escaped, never wildcards.
+Case: PN values match case-insensitively (PS3.4 allows it, and users type names in any case),
+through ``ILIKE``: ``lower() LIKE lower()`` on SQLite, whose ``lower()`` the index replaces with
+a Unicode one (:mod:`dicom_node.index`), and PostgreSQL's own, which folds what the database's
+``LC_CTYPE`` folds. Every other VR matches case-sensitively. The usual pitfalls are avoided on
+both supported back ends: SQLite's ``LIKE`` ignores ASCII case, so case-sensitive wildcards
+compile to ``GLOB`` there (and to ``LIKE ... ESCAPE`` on PostgreSQL, where ``LIKE`` is
+case-sensitive); ``%``, ``_`` and the escape character in a key value are escaped, never
+wildcards.
 
 Padding: leading and trailing spaces are insignificant for the VRs where PS3.5 says so, UIDs
 lose trailing NUL padding, and person names also lose trailing empty components (``DOE^JOHN^^``

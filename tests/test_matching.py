@@ -300,6 +300,13 @@ def test_person_name_non_ascii_exact(index: Index) -> None:
     assert studies(index, match(Study.patient_name, "m?ller*", "PN")) == {"E"}
 
 
+def test_person_name_non_ascii_ignores_case(index: Index) -> None:
+    # SQLite's own lower() folds ASCII only; the index replaces it (as PostgreSQL's ILIKE).
+    assert studies(index, match(Study.patient_name, "MÜLLER^JÖRG", "PN")) == {"E"}
+    assert studies(index, match(Study.patient_name, "müller*", "PN")) == {"E"}
+    assert studies(index, match(Study.patient_name, "*JÖRG", "PN")) == {"E"}
+
+
 # -- lists of UIDs ---------------------------------------------------------------------------
 
 

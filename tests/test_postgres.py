@@ -106,9 +106,9 @@ def cluster() -> Iterator[str]:
         shutil.chown(folder, "postgres")
     data, port = folder / "data", free_port()
     try:
-        # C locale: byte order and ASCII-only case folding, as SQLite does.
+        # C.UTF-8: byte (code point) order and Unicode case folding, as the node's SQLite.
         _run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "bpr", "--auth=trust",
-              "--no-locale", "-E", "UTF8", "--no-sync"])
+              "--locale=C.UTF-8", "-E", "UTF8", "--no-sync"])
         _run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
               "-w", "-t", "30", "-o",
               f"-c listen_addresses='' -k {folder} -p {port} -c fsync=off", "start"])
@@ -302,6 +302,9 @@ QUERIES: list[tuple[str, Dataset, str, int]] = [
      STUDY, 2),
     ("PN non-ASCII", identifier("STUDY", **{**STUDY_KEYS, "PatientName": "Jörg^Müller",
                                              "SpecificCharacterSet": "ISO_IR 192"}), STUDY, 1),
+    ("PN non-ASCII ignores case",
+     identifier("STUDY", **{**STUDY_KEYS, "PatientName": "JÖRG^MÜLLER",
+                            "SpecificCharacterSet": "ISO_IR 192"}), STUDY, 1),
     ("LO wildcard keeps case", identifier("STUDY", **{**STUDY_KEYS, "AccessionNumber": "acc*"}),
      STUDY, 1),
     ("SH underscore is literal",
