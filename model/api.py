@@ -19,6 +19,10 @@ from model.volume import CTInputError
 
 __all__ = ["BodyPartRegressor", "CTInputError", "SeriesAnalysis", "analyze_series"]
 
+#: Reasons quoted in full in the error of a series no file of which could be read; the rest
+#: are counted.
+ERRORS_QUOTED = 3
+
 
 @dataclass(frozen=True)
 class SeriesAnalysis:
@@ -69,10 +73,6 @@ def analyze_series(paths: Sequence[Path], regressor: BodyPartRegressor | None = 
     uids = tuple(tuple(volume.sop_instance_uids) for volume in read.volumes)
     return SeriesAnalysis(results=results, slice_sop_instance_uids=uids,
                           read_errors=tuple(read.errors))
-
-
-#: Reasons quoted in full by :func:`_summarize_errors`; the rest are counted.
-ERRORS_QUOTED = 3
 
 
 def _summarize_errors(errors: Sequence[str]) -> str:
