@@ -141,8 +141,8 @@ def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, sour
         if existing is not None:
             series = existing.series
             return IngestResult(series.id, existing.id, True, series.state, received_at)
-    relative = stored_at or store.new_relative_path()
     written = stored_at is None
+    relative = store.new_relative_path() if stored_at is None else stored_at
     if written:
         store.write(relative, data)
     try:

@@ -65,7 +65,8 @@ _READ_ERRORS = (
     struct.error,
     zlib.error,
 )
-_DECODE_ERRORS = (*_READ_ERRORS, NotImplementedError, RuntimeError)
+# Decoding PixelData can also raise RuntimeError (pydicom's handlers: no decoder, bad stream).
+_DECODE_ERRORS = (*_READ_ERRORS, RuntimeError)
 
 Vector = npt.NDArray[np.float64]
 
