@@ -33,16 +33,16 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from model import preprocess
-from model.analysis import AnalysisSettings, interpret
-from model.inference import INFERENCE_BATCH, BodyPartRegressor, ModelMeta, SliceScores
-from model.io import load_volumes
-from model.io_nifti import read_nifti
-from model.network import STAGE_CHANNELS, SliceScoreNet, VGG16Baseline, count_parameters
+from model.cli.output import write_json
+from model.interpretation.analysis import AnalysisSettings, interpret
+from model.interpretation.postprocess import body_pixel_counts
 from model.paths import DEFAULT_META, DEFAULT_WEIGHTS, shared_data_dir
-from model.postprocess import body_pixel_counts
-from model.predict import write_json
-from model.volume import CTVolume
+from model.reading.load import load_volumes
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
+from model.scoring import preprocess
+from model.scoring.inference import INFERENCE_BATCH, BodyPartRegressor, ModelMeta, SliceScores
+from model.scoring.network import STAGE_CHANNELS, SliceScoreNet, VGG16Baseline, count_parameters
 from tests.dicom_factory import write_ct_series
 
 #: Default source of the synthetic DICOM series (a chest CT).
@@ -231,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for s in (*STAGES, "total")]
         rows += [Row("pydicom dcmread, header only", "ms/file", dcmread_ms(files, False)),
                  Row("pydicom dcmread + pixel_array", "ms/file", dcmread_ms(files, True))]
-        imports = "import torch, pydicom, model.cli, model.inference, model.io, model.predict"
+        imports = ("import torch, pydicom, model.cli, model.scoring.inference, model.reading.load,"
+                   " model.cli.output")
         rows.append(Row("CLI interpreter start + imports", "s",
                         subprocess_seconds([sys.executable, "-c", imports], args.repeats)))
         if DEFAULT_WEIGHTS.exists() and DEFAULT_META.exists():

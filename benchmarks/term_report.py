@@ -3,8 +3,10 @@
 Run: ``python -m benchmarks.term_report [--split val|train|all] [--markdown PATH]``
 
 For each volume of ``../shared/data/manifest.csv`` it prints the manifest's regions, the
-DICOM BodyPartExamined term and the thesis tag that :func:`model.analysis.analyze` gives,
-whether the term agrees with the manifest (:func:`model.term_check.term_agrees_with_regions`),
+DICOM BodyPartExamined term and the thesis tag that :func:`~model.interpretation.analysis.analyze`
+gives,
+whether the term agrees with the manifest
+(:func:`~model.evaluation.term_check.term_agrees_with_regions`),
 the anomalies raised, and whether a reversed slice order and a header z-spacing scaled by
 2 and by ½ are caught (issue 3's done-when; n/a where the original is already refused).
 The last lines count the agreements.
@@ -16,12 +18,12 @@ import argparse
 import time
 from pathlib import Path
 
-from model.analysis import BodyPartResult, score_with_content
-from model.evaluate import EvalItem, read_manifest
-from model.inference import BodyPartRegressor
-from model.io_nifti import read_nifti
+from model.evaluation.evaluate import EvalItem, read_manifest
+from model.evaluation.term_check import term_agrees_with_regions, variant
+from model.interpretation.analysis import BodyPartResult, score_with_content
 from model.paths import shared_data_dir
-from model.term_check import term_agrees_with_regions, variant
+from model.reading.nifti import read_nifti
+from model.scoring.inference import BodyPartRegressor
 
 
 def _codes(result: BodyPartResult) -> str:

@@ -1,4 +1,4 @@
-"""``bpr``: the model's commands plus ``serve``, ``index`` and ``reprocess``.
+"""The node's commands of ``bpr``: ``serve``, ``index`` and ``reprocess``.
 
 ``bpr serve`` runs the node until SIGINT/SIGTERM. ``bpr index`` prints what the node holds and
 found (table, JSON or CSV). ``bpr reprocess`` analyzes series again, in this process, whether
@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,7 +25,6 @@ from dicom_node.analysis_worker import AnalysisWorker
 from dicom_node.config import ConfigError, NodeConfig, load_config
 from dicom_node.index import Index, Series, SeriesState, Study
 from dicom_node.storage import FileStore
-from model import cli as model_cli
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +187,16 @@ def _reprocess(args: argparse.Namespace) -> int:
     return 1 if failures or missing else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``bpr`` console script."""
-    try:
-        return model_cli.main(argv, extra_commands=(add_serve, add_index, add_reprocess))
-    except ConfigError as exc:
-        print(f"bpr: {exc}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as exc:
-        print(f"bpr: index database error: {exc.__class__.__name__}: {exc.args[0]}",
-              file=sys.stderr)
-        return 2
-    except OSError as exc:  # storage or database folder missing, unwritable, full
-        print(f"bpr: {exc}", file=sys.stderr)
-        return 2
+#: The node's sub-commands, registered on the ``bpr`` parser by :mod:`bpr.cli`.
+NODE_COMMANDS = (add_serve, add_index, add_reprocess)
+
+#: Set-up errors of the node's commands, reported in one line each (:func:`describe_error`).
+NODE_ERRORS: tuple[type[Exception], ...] = (ConfigError, SQLAlchemyError, OSError)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def describe_error(exc: Exception) -> str:
+    """One line for a configuration, database or storage error (no traceback)."""
+    if isinstance(exc, SQLAlchemyError):
+        return f"index database error: {exc.__class__.__name__}: {exc.args[0]}"
+    # OSError: storage or database folder missing, unwritable, full.
+    return str(exc)

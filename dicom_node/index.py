@@ -128,7 +128,7 @@ class Series(Base):
     wait_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     analysis_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     sr_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    #: The model's full result (strict JSON, :meth:`model.analysis.BodyPartResult.to_json_dict`).
+    #: The model's full result (strict JSON, the ``document`` of :mod:`model.api`).
     result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: Why the series failed or was skipped.
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -34,7 +34,7 @@ from dicom_node.config import SRConfig
 from model.api import SeriesAnalysis
 
 if TYPE_CHECKING:
-    from model.analysis import BodyPartResult
+    from model.interpretation.analysis import BodyPartResult
 
 ALGORITHM_NAME = "bpr-node body part regression"
 #: Private coding scheme of the concepts below that have no standard code.
@@ -61,7 +61,7 @@ MAX_SCORE = Code("BPR0004", SCHEME, "Highest slice score in region")
 SLICE_COUNT = Code("BPR0005", SCHEME, "Number of slices in region")
 #: Qualitative evaluation of the series group: was any region found.
 REGION_FOUND = Code("BPR0010", SCHEME, "Body region found")
-#: Flag concept per model anomaly code (``model.sanity.AnomalyCode`` values).
+#: Flag concept per model anomaly code (``model.interpretation.sanity.AnomalyCode`` values).
 FLAG_CODES: dict[str, Code] = {
     "no_body": Code("BPR0101", SCHEME, "No body in image"),
     "not_ct_like": Code("BPR0102", SCHEME, "Image values not CT-like"),

@@ -1,7 +1,7 @@
 """The one door between the DICOM node and the model.
 
 :func:`analyze_series` takes the files of one received series and returns, per CT volume
-found in them, the full :class:`~model.analysis.BodyPartResult` together with the SOP
+found in them, the full :class:`~model.interpretation.analysis.BodyPartResult` together with the SOP
 Instance UID of every scored slice, so that the node can reference source images in its SR
 without reading the files a second time. The node imports nothing else from :mod:`model`.
 """
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.analysis import AnalysisSettings, BodyPartResult, analyze
-from model.inference import BodyPartRegressor
-from model.io_dicom import read_dicom_series
-from model.volume import CTInputError
+from model.interpretation.analysis import AnalysisSettings, BodyPartResult, analyze
+from model.reading.dicom import read_dicom_series
+from model.reading.volume import CTInputError
+from model.scoring.inference import BodyPartRegressor
 
 __all__ = ["BodyPartRegressor", "CTInputError", "SeriesAnalysis", "analyze_series"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.inference import BodyPartRegressor
 from model.paths import DEFAULT_WEIGHTS, shared_data_dir
+from model.scoring.inference import BodyPartRegressor
 
 
 @pytest.fixture(scope="session")
@@ -30,5 +30,5 @@ def regressor() -> BodyPartRegressor:
                if k not in reg.meta.statistics]
     if missing:
         pytest.skip(f"{weights.with_suffix('.json')} lacks statistics {missing} "
-                    "(model.analysis.postprocessing_statistics)")
+                    "(model.interpretation.analysis.postprocessing_statistics)")
     return reg

@@ -28,7 +28,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from model.volume import CTVolume
+from model.reading.volume import CTVolume
 
 #: In-plane direction cosines (row direction, column direction) per PatientPosition.
 ORIENTATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {

@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from model.io import load_volumes
 from model.paths import shared_data_dir
+from model.reading.load import load_volumes
 from tests.dicom_factory import shrink, write_ct_series
 
-BPR = [sys.executable, "-m", "dicom_node.cli"]
+BPR = [sys.executable, "-m", "bpr"]
 
 
 def free_port() -> int:

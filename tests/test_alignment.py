@@ -11,7 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model.alignment import (
+from model.evaluation.landmarks import landmarks_for_volume, read_label_map
+from model.paths import DEFAULT_WEIGHTS
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
+from model.scoring.inference import BodyPartRegressor
+from model.tools.alignment import (
     ScoreProfile,
     add_align_command,
     align_l1,
@@ -23,11 +28,6 @@ from model.alignment import (
     three_slice_indices,
     z_at_score,
 )
-from model.inference import BodyPartRegressor
-from model.io_nifti import read_nifti
-from model.landmarks import landmarks_for_volume, read_label_map
-from model.paths import DEFAULT_WEIGHTS
-from model.volume import CTVolume
 
 #: The known shift of the moving copies (mm); not a multiple of any slice spacing.
 SHIFT_MM = 137.5

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.analysis import (
+from model.evaluation.evaluate import EvalItem, read_manifest
+from model.evaluation.term_check import term_agrees_with_regions
+from model.interpretation.analysis import (
     SCHEMA_VERSION,
     AnalysisSettings,
     BodyPartResult,
@@ -18,15 +20,13 @@ from model.analysis import (
     interpret,
     postprocessing_statistics,
 )
-from model.bodypart import CS_PATTERN, dicom_terms
-from model.evaluate import EvalItem, read_manifest
-from model.inference import BodyPartRegressor, ModelMeta, SliceScores
-from model.io_nifti import read_nifti
-from model.network import SliceScoreNet
-from model.postprocess import ScoreCurve
-from model.sanity import AnomalyCode, Severity
-from model.term_check import term_agrees_with_regions
-from model.volume import CTVolume
+from model.interpretation.bodypart import CS_PATTERN, dicom_terms
+from model.interpretation.postprocess import ScoreCurve
+from model.interpretation.sanity import AnomalyCode, Severity
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
+from model.scoring.inference import BodyPartRegressor, ModelMeta, SliceScores
+from model.scoring.network import SliceScoreNet
 
 jsonschema = pytest.importorskip("jsonschema")
 

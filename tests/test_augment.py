@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from model.augment import AugmentConfig, augment
+from model.training.augment import AugmentConfig, augment
 
 
 def _batch() -> torch.Tensor:

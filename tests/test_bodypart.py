@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from model.bodypart import (
+from model.interpretation.bodypart import (
     CS_PATTERN,
     REGIONS,
     body_part_examined_dict,

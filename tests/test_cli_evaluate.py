@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from model.cli import main
-from model.export import export_model
-from model.inference import BodyPartRegressor
-from model.network import SliceScoreNet
+from model.scoring.inference import BodyPartRegressor
+from model.scoring.network import SliceScoreNet
+from model.training.export import export_model
 
 
 @pytest.fixture()
@@ -42,7 +42,7 @@ def test_write_meta_stores_scale_reference_and_statistics(exported: Path, manife
     # The stored scale is what inference applies from now on.
     regressor = BodyPartRegressor.load(exported)
     assert regressor.meta.score_scale == pytest.approx(meta["score_scale"])
-    from model.calibration import empty_slice_raw_score
+    from model.evaluation.calibration import empty_slice_raw_score
     expected = meta["score_scale"] * empty_slice_raw_score(regressor) + meta["score_offset"]
     assert stats["empty_slice_score"] == pytest.approx(expected, abs=1e-3)
     document = json.loads(report.read_text())

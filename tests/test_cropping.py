@@ -10,7 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model.cropping import (
+from model.evaluation.landmarks import landmarks_for_volume, read_label_map
+from model.interpretation.bodypart import PUBLISHED_REFERENCE
+from model.interpretation.postprocess import CleanedScores
+from model.paths import DEFAULT_WEIGHTS
+from model.reading.load import load_volumes
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
+from model.scoring.inference import BodyPartRegressor, ModelMeta
+from model.tools.cropping import (
     CropRange,
     add_crop_command,
     crop_range,
@@ -22,14 +30,6 @@ from model.cropping import (
     uids_in_range,
     write_cropped_nifti,
 )
-from model.evaluate import PUBLISHED_REFERENCE
-from model.inference import BodyPartRegressor, ModelMeta
-from model.io import load_volumes
-from model.io_nifti import read_nifti
-from model.landmarks import landmarks_for_volume, read_label_map
-from model.paths import DEFAULT_WEIGHTS
-from model.postprocess import CleanedScores
-from model.volume import CTVolume
 
 #: Score units the landmark range is widened by before checking that the anatomy is kept:
 #: a landmark's score scatters around its reference value by a few units between patients

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluate import (
+from model.evaluation.evaluate import (
     CLASS_NAMES,
     NO_CLASS,
     CalibrationError,
@@ -32,10 +32,10 @@ from model.evaluate import (
     volume_lmse,
     z_test,
 )
-from model.inference import BodyPartRegressor, ModelMeta, SliceScores
-from model.landmarks import lung_landmarks_from_ct
-from model.network import SliceScoreNet
-from model.volume import CTVolume
+from model.evaluation.landmarks import lung_landmarks_from_ct
+from model.reading.volume import CTVolume
+from model.scoring.inference import BodyPartRegressor, ModelMeta, SliceScores
+from model.scoring.network import SliceScoreNet
 from tests.shared import DATA, needs_data
 
 
@@ -257,8 +257,12 @@ def _items(names: dict[str, str]) -> list[EvalItem]:
 @needs_data
 def test_manifest_items_and_groups() -> None:
     items = read_manifest(DATA / "manifest.csv")
-    assert len(items) == 191
+    # 191 curated volumes, then five clinical torso CTs appended at the end (none labelled).
+    assert len(items) == 196
     assert sum(i.label_path is not None for i in items) == 123
+    assert [i.name for i in items[-5:]] == [
+        "brt_needle_pl697807", "acrin_flt_breast_013", "tcia_9328_50_1_0109",
+        "lungfcp_01_0001", "tcia_9328_50_1_0117"]
     groups = {i.name: region_group(i.body_regions) for i in items}
     assert {g for n, g in groups.items() if n.startswith("openkbp")} == {"head-neck"}
     assert groups["lidc_0003"] == "chest" and groups["pelvicref_002"] == "abdomen-pelvis"

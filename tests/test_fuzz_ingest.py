@@ -18,7 +18,7 @@ Properties checked, one input at a time:
   received, with the index row that points at it (a series that is not CT is marked
   SKIPPED with its reason). No other exception escapes, and no file ever appears anywhere
   else in the sandbox the test runs in (the working directory included).
-- **series → volume** (:func:`model.io_dicom.read_dicom_series`): never raises; bad files
+- **series → volume** (:func:`model.reading.dicom.read_dicom_series`): never raises; bad files
   and rejected series come back as error messages, volumes keep their invariants.
 - **series → analysis** (:func:`model.api.analyze_series` with the shipped model): returns,
   or raises ``CTInputError``; nothing else.
@@ -104,8 +104,8 @@ from dicom_node.index import Index, Instance, Series, SeriesState
 from dicom_node.ingest import BadInstanceError, ingest, is_valid_uid, read_header
 from dicom_node.storage import FileStore
 from model.api import CTInputError, analyze_series
-from model.inference import BodyPartRegressor
-from model.io_dicom import DicomReadResult, read_dicom_series
+from model.reading.dicom import DicomReadResult, read_dicom_series
+from model.scoring.inference import BodyPartRegressor
 
 
 def _soak_factor() -> int:

@@ -16,10 +16,10 @@ from pydicom.uid import (
 )
 
 from model.api import ERRORS_QUOTED, analyze_series
-from model.io_dicom import DicomReadResult, read_dicom_folder, read_dicom_series
-from model.io_nifti import read_nifti
 from model.paths import shared_data_dir
-from model.volume import CTInputError, CTVolume
+from model.reading.dicom import DicomReadResult, read_dicom_folder, read_dicom_series
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTInputError, CTVolume
 from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct, write_localizer
 
 DATA = shared_data_dir()

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model.io import load_volumes
-from model.io_nifti import read_nifti
-from model.volume import CTInputError
+from model.reading.load import load_volumes
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTInputError
 
 
 @pytest.fixture(scope="module")

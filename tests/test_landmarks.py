@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.io_nifti import read_nifti
-from model.landmarks import (
+from model.evaluation.landmarks import (
     LANDMARK_NAMES,
     LANDMARK_RULES,
     MIN_STRUCTURE_VOXELS,
@@ -19,7 +18,8 @@ from model.landmarks import (
     read_label_map,
     volume_landmarks,
 )
-from model.volume import CTVolume
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
 from tests.shared import DATA, needs_data
 
 # --- label maps ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.losses import classification_order_loss, distance_loss, heuristic_order_loss
+from model.training.losses import classification_order_loss, distance_loss, heuristic_order_loss
 
 
 def _sig(x: float) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from model.evaluate import (
+from model.evaluation.evaluate import (
     EvalItem,
     LandmarkReference,
     VolumeScores,
@@ -21,8 +21,8 @@ from model.evaluate import (
     score_items,
     volume_lmse,
 )
-from model.inference import BodyPartRegressor
 from model.paths import DEFAULT_WEIGHTS
+from model.scoring.inference import BodyPartRegressor
 
 #: Whole-body-section validation volumes must rank their slices at least this well.
 MIN_SPEARMAN = 0.98

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.phantom import GROUP, organ_hu_table, synthetic_volumes
+from model.training.phantom import GROUP, organ_hu_table, synthetic_volumes
 
 
 def test_organ_hu_table_follows_density(shared_data: Path) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.analysis import analyze
-from model.bodypart import landmark_table
-from model.inference import BodyPartRegressor
-from model.io_nifti import read_nifti
+from model.interpretation.analysis import analyze
+from model.interpretation.bodypart import landmark_table
 from model.paths import DEFAULT_WEIGHTS
-from model.plot import plot_scores
+from model.reading.nifti import read_nifti
+from model.scoring.inference import BodyPartRegressor
+from model.tools.plot import plot_scores
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

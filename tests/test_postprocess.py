@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import preprocess
-from model.postprocess import (
+from model.interpretation.postprocess import (
     DEFAULT_TANGENTIAL_SLOPE,
     PostprocessSettings,
     ScoreCurve,
@@ -23,6 +22,7 @@ from model.postprocess import (
     tangential_slope_quantiles,
     tangential_slopes,
 )
+from model.scoring import preprocess
 
 BOUNDS = SlopeBounds(-0.05, 0.25, "test")
 STATS = {"empty_slice_score": 61.8784, "tangential_slope": {"q005": -0.05, "q995": 0.25}}
@@ -178,7 +178,7 @@ def test_quantiles_need_a_curve() -> None:
 
 
 def test_openkbp_padding_is_dropped_on_real_data(shared_data: Path) -> None:
-    from model.io_nifti import read_nifti
+    from model.reading.nifti import read_nifti
 
     volume = read_nifti(shared_data / "ct" / "openkbp_pt_96.nii.gz")
     slices = preprocess.preprocess_slices(volume.hu, volume.pixel_spacing_mm)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.io_nifti import read_nifti
-from model.preprocess import INPUT_SIZE, preprocess_slices
+from model.reading.nifti import read_nifti
+from model.scoring.preprocess import INPUT_SIZE, preprocess_slices
 
 
 def test_hu_window_maps_to_unit_range() -> None:

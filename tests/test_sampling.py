@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.sampling import sample_equidistant
+from model.training.sampling import sample_equidistant
 
 
 @pytest.mark.parametrize("spacing", [1.0, 2.5, 5.0])

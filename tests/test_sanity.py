@@ -8,17 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import preprocess
-from model.analysis import (
+from model.evaluation.evaluate import read_manifest
+from model.evaluation.term_check import variant
+from model.interpretation.analysis import (
     BodyPartResult,
     analyze,
     score_with_content,
 )
-from model.evaluate import read_manifest
-from model.inference import BodyPartRegressor, SliceScores
-from model.io_nifti import read_nifti
-from model.postprocess import CleanedScores, clean_scores
-from model.sanity import (
+from model.interpretation.postprocess import CleanedScores, clean_scores
+from model.interpretation.sanity import (
     AnomalyCode,
     DiscontinuitySettings,
     Severity,
@@ -34,8 +32,10 @@ from model.sanity import (
     slope_statistics,
     typical_slopes,
 )
-from model.term_check import variant
-from model.volume import CTVolume
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
+from model.scoring import preprocess
+from model.scoring.inference import BodyPartRegressor, SliceScores
 
 # --- z-ordering and z-spacing -------------------------------------------------------------
 

@@ -19,10 +19,10 @@ from pydicom.uid import generate_uid
 from dicom_node.config import SRConfig
 from dicom_node.sr import FLAG_CODES, REGION_CODES, REGION_FOUND, build_sr
 from model.api import SeriesAnalysis, analyze_series
-from model.bodypart import REGIONS, dicom_terms, region_terms
-from model.io_nifti import read_nifti
-from model.sanity import Anomaly, AnomalyCode, Severity
-from model.volume import CTVolume
+from model.interpretation.bodypart import REGIONS, dicom_terms, region_terms
+from model.interpretation.sanity import Anomaly, AnomalyCode, Severity
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
 from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct
 from tests.shared import DATA, needs_data
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.dataset import TrainVolume, entries_from_paths, load_train_volumes
-from model.train import TrainConfig, _gather, batch_loss, train
+from model.training.dataset import TrainVolume, entries_from_paths, load_train_volumes
+from model.training.train import TrainConfig, _gather, batch_loss, train
 
 VOLUMES = ("openkbp_pt_2", "openkbp_pt_3", "lidc_0003", "crlm_ct_1004", "pelvic_ref_003")
 
@@ -40,7 +40,7 @@ def _fixed_loss(net: torch.nn.Module, volumes: list[TrainVolume], cfg: TrainConf
 def test_training_lowers_the_loss(volumes: list[TrainVolume], tmp_path: Path) -> None:
     cfg = _config()
     torch.manual_seed(cfg.seed)
-    from model.network import SliceScoreNet
+    from model.scoring.network import SliceScoreNet
 
     before = _fixed_loss(SliceScoreNet(cfg.channels), volumes, cfg)
     net = train(volumes, volumes[:2], cfg, tmp_path, progress=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.io_dicom import read_dicom_series
-from model.io_nifti import is_nifti, read_nifti
-from model.volume import CTInputError, CTVolume
+from model.reading.dicom import read_dicom_series
+from model.reading.nifti import is_nifti, read_nifti
+from model.reading.volume import CTInputError, CTVolume
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Meaning from the score curve: the one call the DICOM node makes per series.
 
-:func:`analyze` scores a :class:`~model.volume.CTVolume`, cleans the curve
-(:mod:`model.postprocess`), runs the sanity checks (:mod:`model.sanity`) and derives the
-body regions, the thesis tag and the DICOM BodyPartExamined term (:mod:`model.bodypart`).
+:func:`analyze` scores a :class:`~model.reading.volume.CTVolume`, cleans the curve
+(:mod:`~model.interpretation.postprocess`), runs the sanity checks
+(:mod:`~model.interpretation.sanity`) and derives the body regions, the thesis tag and the DICOM
+BodyPartExamined term (:mod:`~model.interpretation.bodypart`).
 :meth:`BodyPartResult.to_json_dict` gives strict JSON (no NaN) with bpreg's keys of
 thesis table 4.7 plus ours; ``model/schema/bpr-result.schema.json`` describes it.
 
@@ -21,8 +22,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import numpy.typing as npt
 
-from model import preprocess
-from model.bodypart import (
+from model.interpretation.bodypart import (
     MIN_LEGS_MM,
     Z_RANGE_THRESHOLD_MM,
     DicomTerm,
@@ -37,8 +37,7 @@ from model.bodypart import (
     scores_table_dict,
     tag_regions_with_legs,
 )
-from model.inference import BodyPartRegressor, SliceScores
-from model.postprocess import (
+from model.interpretation.postprocess import (
     CleanedScores,
     IntVector,
     PostprocessSettings,
@@ -49,7 +48,7 @@ from model.postprocess import (
     fitted_slope,
     tangential_slope_quantiles,
 )
-from model.sanity import (
+from model.interpretation.sanity import (
     DEFAULT_SLOPE_RATIO_THRESHOLD,
     Anomaly,
     DiscontinuitySettings,
@@ -68,10 +67,12 @@ from model.sanity import (
     slope_statistics,
     typical_slopes,
 )
-from model.strict_json import jsonable
-from model.volume import CTVolume
+from model.interpretation.strict_json import jsonable
+from model.reading.volume import CTVolume
+from model.scoring import preprocess
+from model.scoring.inference import BodyPartRegressor, SliceScores
 
-#: Version of the JSON layout of :meth:`BodyPartResult.to_json_dict` (1 is model.predict's
+#: Version of the JSON layout of :meth:`BodyPartResult.to_json_dict` (1 is model.cli.output's
 #: scores-only document).
 SCHEMA_VERSION = 2
 #: bpreg's mean slope (score per mm); our scale matches bpreg's at the lungs, so it is the
@@ -392,20 +393,20 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
     """Statistics the model JSON needs for :func:`analyze`, from training curves.
 
     1. Clean every curve without tail removal and keep the typical ones (slope within
-       [½, 2] × the median; :func:`model.sanity.typical_slopes`).
+       [½, 2] × the median; :func:`model.interpretation.sanity.typical_slopes`).
     2. ``tangential_slope``: 0.5 % / 99.5 % quantiles of eq. 4.17 over those (thesis).
     3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s).
     4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio|, halfway in log space
        between the typical ratio of the curves as stored and the same ratio with the
        z-spacing scaled by 2 and 0.5
-       (:func:`model.sanity.calibrate_slope_ratio_range`), and the thesis' single
-       ``slope_ratio_threshold`` θ (:func:`model.sanity.calibrate_slope_threshold`).
+       (:func:`model.interpretation.sanity.calibrate_slope_ratio_range`), and the thesis' single
+       ``slope_ratio_threshold`` θ (:func:`model.interpretation.sanity.calibrate_slope_threshold`).
 
     Parameters
     ----------
     curves : sequence of ScoreCurve
         Training volumes on the calibrated scale
-        (:func:`model.postprocess.curves_from_volume_scores`).
+        (:func:`model.interpretation.postprocess.curves_from_volume_scores`).
     empty_slice_score : float or None
         ``statistics["empty_slice_score"]`` on the same scale.
     settings : PostprocessSettings, optional

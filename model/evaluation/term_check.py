@@ -1,4 +1,5 @@
-"""Checks of what :func:`~model.analysis.analyze` concludes, on volumes with known anatomy.
+"""Checks of what :func:`~model.interpretation.analysis.analyze` concludes, on volumes with
+known anatomy.
 
 Used by the tests and by ``python -m benchmarks.term_report``: does the DICOM term agree
 with the regions a manifest lists for a volume, and are a reversed slice order and a
@@ -12,11 +13,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from model.analysis import AnalysisSettings, BodyPartResult, interpret
-from model.bodypart import dicom_terms
-from model.inference import BodyPartRegressor, SliceScores
-from model.postprocess import IntVector
-from model.volume import CTVolume
+from model.interpretation.analysis import AnalysisSettings, BodyPartResult, interpret
+from model.interpretation.bodypart import dicom_terms
+from model.interpretation.postprocess import IntVector
+from model.reading.volume import CTVolume
+from model.scoring.inference import BodyPartRegressor, SliceScores
 
 #: Manifest region names (``body_regions`` of ``../shared/data/manifest.csv``) → our core
 #: regions; ARM has no core region.
@@ -50,7 +51,8 @@ def variant(volume: CTVolume, scored: SliceScores, body_pixels: IntVector,
     Parameters
     ----------
     volume, scored, body_pixels
-        The volume and what :func:`~model.analysis.score_with_content` returned for it.
+        The volume and what
+        :func:`~model.interpretation.analysis.score_with_content` returned for it.
     regressor : BodyPartRegressor
     z_factor : float
         Scales every slice distance (a header z-spacing off by this factor).

@@ -2,7 +2,7 @@
 
 The network scores every slice on its own, so the raw curve has empty slices, local noise
 and sometimes nonsense at its ends. Cleaning follows the thesis steps, with the score scale
-already applied by :class:`model.inference.BodyPartRegressor`:
+already applied by :class:`model.scoring.inference.BodyPartRegressor`:
 
 1. **Filter empty slices.** A slice is dropped when the network input holds fewer than
    :data:`MIN_BODY_AREA_MM2` of tissue (> :data:`BODY_HU`), or when its score equals the
@@ -30,16 +30,17 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from model import preprocess
+from model.scoring import preprocess
 
 FloatVector = npt.NDArray[np.float64]
 BoolVector = npt.NDArray[np.bool_]
 IntVector = npt.NDArray[np.int64]
 
-#: Tissue threshold: lung parenchyma (≈ −850 HU) and air lie below it (as in model.landmarks).
+#: Tissue threshold: lung parenchyma (≈ −850 HU) and air lie below it (as in
+#: model.evaluation.landmarks).
 BODY_HU = -500.0
 #: A slice shows a body when its tissue covers at least this area in the network input
-#: (10 cm², the image-content rule of model.landmarks); table edges and noise stay below.
+#: (10 cm², the image-content rule of model.evaluation.landmarks); table edges and noise stay below.
 MIN_BODY_AREA_MM2 = 1000.0
 #: Slices whose score lies this close to the empty-slice score count as empty. The output for
 #: an all-air input is deterministic, and the stored value is rounded to 4 decimals.
@@ -402,7 +403,7 @@ class ScoreCurve:
 
 
 class VolumeScoresLike(Protocol):
-    """What :func:`curves_from_volume_scores` reads (``model.evaluate.VolumeScores``)."""
+    """What :func:`curves_from_volume_scores` reads (``model.evaluation.evaluate.VolumeScores``)."""
 
     @property
     def name(self) -> str: ...
@@ -418,7 +419,7 @@ class VolumeScoresLike(Protocol):
 
 def curves_from_volume_scores(volumes: Iterable[VolumeScoresLike], scale: float,
                               offset: float, split: str | None = "train") -> list[ScoreCurve]:
-    """Score curves of evaluated volumes (``model.evaluate.VolumeScores``) of one split.
+    """Score curves of evaluated volumes (``model.evaluation.evaluate.VolumeScores``) of one split.
 
     ``occupied`` (image content, ≥ 10 cm² body section) stands in for the body pixel rule.
     """

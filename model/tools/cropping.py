@@ -12,7 +12,7 @@ The known range comes from
 * explicit scores (:func:`known_range_from_scores`),
 * two landmark names, looked up in the model's reference table and, for names it lacks,
   bpreg's published table (:func:`known_range_from_landmarks`, via
-  :func:`model.bodypart.landmark_table`), or
+  :func:`model.interpretation.bodypart.landmark_table`), or
 * the algorithm's training volumes, data-driven (:func:`known_range_from_training`): the
   ``q_min`` quantile of the per-volume minimum cleaned scores and the ``q_max`` quantile
   of the per-volume maximum cleaned scores (thesis defaults 25 % and 75 %).
@@ -37,11 +37,16 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from model.analysis import score_with_content
-from model.bodypart import landmark_score, landmark_table
-from model.inference import BodyPartRegressor, ModelMeta
-from model.postprocess import SMOOTHING_SIGMA_MM, CleanedScores, clean_scores, gaussian_smooth
-from model.volume import CTInputError, CTVolume
+from model.interpretation.analysis import score_with_content
+from model.interpretation.bodypart import landmark_score, landmark_table
+from model.interpretation.postprocess import (
+    SMOOTHING_SIGMA_MM,
+    CleanedScores,
+    clean_scores,
+    gaussian_smooth,
+)
+from model.reading.volume import CTInputError, CTVolume
+from model.scoring.inference import BodyPartRegressor, ModelMeta
 
 FloatVector = npt.NDArray[np.float64]
 BoolVector = npt.NDArray[np.bool_]
@@ -94,7 +99,8 @@ def known_range_from_landmarks(start: str, end: str, meta: ModelMeta | None = No
     """Known range between the expected scores of two landmarks (either order).
 
     The thesis' manual approach: e.g. a kidney algorithm knows ``femur_end`` .. ``Th12``.
-    Scores come from :func:`model.bodypart.landmark_table`: the model's reference table
+    Scores come from :func:`~model.interpretation.bodypart.landmark_table`: the model's
+    reference table
     (our names, e.g. ``lung_bottom``) over bpreg's published table (e.g. ``lung_start``)
     with interpolated vertebral levels.
 
@@ -162,7 +168,7 @@ def as_score_array(scores: Sequence[float | None] | npt.ArrayLike) -> FloatVecto
 
 
 def score_and_clean(volume: CTVolume, regressor: BodyPartRegressor) -> CleanedScores:
-    """Score every slice and clean the curve as :func:`model.analysis.analyze` does.
+    """Score every slice and clean the curve as :func:`model.interpretation.analysis.analyze` does.
 
     Only the scores are needed here, so tag, regions and sanity checks are skipped.
     """
@@ -278,7 +284,8 @@ def crop_range(scores: Sequence[float | None] | npt.ArrayLike, z_mm: npt.ArrayLi
     s_min, s_max : float
         Known range.
     sigma_mm : float
-        σ of the Gaussian smoothing in mm (:func:`model.postprocess.gaussian_smooth`),
+        σ of the Gaussian smoothing in mm
+        (:func:`~model.interpretation.postprocess.gaussian_smooth`),
         so single-slice noise cannot cut the run; 0 for scores that are cleaned already.
 
     Returns
@@ -460,9 +467,10 @@ def training_volume_paths(source: Path) -> list[Path]:
     """Inputs of an algorithm's training set: a CSV list (column ``file``) or a folder.
 
     A CSV is read like ``manifest.csv`` (paths relative to its folder, every row counts,
-    whatever its ``split``); a folder or file is one input for :func:`model.io.load_volumes`.
+    whatever its ``split``); a folder or file is one input for
+    :func:`~model.reading.load.load_volumes`.
     """
-    from model.dataset import read_list
+    from model.training.dataset import read_list
 
     if source.suffix.lower() == ".csv":
         return [entry.path for entry in read_list(source)]
@@ -480,7 +488,7 @@ def training_curves(source: Path, regressor: BodyPartRegressor) -> tuple[list[Fl
     errors : list of str
         One message per unreadable file or series; they never stop the others.
     """
-    from model.io import load_volumes
+    from model.reading.load import load_volumes
 
     curves: list[FloatVector] = []
     errors: list[str] = []
@@ -544,7 +552,7 @@ def _known_range(args: argparse.Namespace, regressor: BodyPartRegressor) -> Know
 
 
 def _single_volume(path: Path) -> CTVolume:
-    from model.io import load_volumes
+    from model.reading.load import load_volumes
 
     loaded = load_volumes(path)
     for err in loaded.errors:
@@ -556,7 +564,7 @@ def _single_volume(path: Path) -> CTVolume:
 
 def _check_outputs(args: argparse.Namespace, volume: CTVolume) -> None:
     """Refuse impossible outputs before any slice is scored."""
-    from model.io_nifti import is_nifti
+    from model.reading.nifti import is_nifti
 
     if (args.mask is None) != (args.out_mask is None):
         raise ValueError("--mask and --out-mask go together")
@@ -591,7 +599,7 @@ def _write_outputs(args: argparse.Namespace, volume: CTVolume, crop: CropRange
 
 def run_crop_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr crop``; returns the exit status."""
-    from model.evaluate import load_regressor
+    from model.evaluation.evaluate import load_regressor
 
     try:
         volume = _single_volume(args.input)

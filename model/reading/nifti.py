@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from model.volume import CTInputError, CTVolume
+from model.reading.volume import CTInputError, CTVolume
 
 #: File name endings read as NIfTI.
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model import preprocess
-from model.network import SliceScoreNet
 from model.paths import DEFAULT_META, DEFAULT_WEIGHTS
-from model.volume import CTVolume
+from model.reading.volume import CTVolume
+from model.scoring import preprocess
+from model.scoring.network import SliceScoreNet
 
 #: Slices per forward pass; 128 slices of 128² float32 are 8 MB of input.
 INFERENCE_BATCH = 128

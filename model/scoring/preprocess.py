@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.volume import FloatArray
+from model.reading.volume import FloatArray
 
 #: Lower HU clip; air and everything below map to -1.
 HU_MIN = -1000.0

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model import preprocess
-from model.io import load_volumes
-from model.volume import CTInputError
+from model.reading.load import load_volumes
+from model.reading.volume import CTInputError
+from model.scoring import preprocess
 
 log = logging.getLogger(__name__)
 

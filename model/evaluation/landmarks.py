@@ -7,7 +7,7 @@ Landmarks come from two sources:
 * the CT itself, for the lungs of every volume (an HU rule, no labels needed).
 
 Every position is a world z in mm along the patient's superior axis, the same axis as
-:attr:`model.volume.CTVolume.z_mm`. A landmark is reported only where the scan shows it:
+:attr:`model.reading.volume.CTVolume.z_mm`. A landmark is reported only where the scan shows it:
 a structure that reaches the first or last slice with image content in the direction of
 the landmark may continue outside the scan, so its extreme is unknown and left out.
 
@@ -27,8 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from model.io_nifti import read_nifti
-from model.volume import CTInputError, CTVolume
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTInputError, CTVolume
 
 BoolArray = npt.NDArray[np.bool_]
 FloatVector = npt.NDArray[np.float64]
@@ -424,7 +424,7 @@ def label_names_path(label_path: Path) -> Path:
 def read_label_map(label_path: Path) -> tuple[npt.NDArray[np.uint8], dict[int, str]]:
     """Read a label map in :attr:`CTVolume.hu` axis order, with its value → name table.
 
-    The map is reoriented like :func:`model.io_nifti.read_nifti` reorients the CT (closest
+    The map is reoriented like :func:`model.reading.nifti.read_nifti` reorients the CT (closest
     canonical RAS+, then (slice, row, column)), so voxel ``[k, r, c]`` of both agree.
 
     Raises

@@ -31,8 +31,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.evaluate import PUBLISHED_REFERENCE
-
 FloatVector = npt.NDArray[np.float64]
 
 #: Core regions of table 4.6, feet → head ("neck" is the thesis' neck-and-shoulder).
@@ -362,6 +360,14 @@ class TermChoice:
 def _data_rows(name: str) -> list[dict[str, str]]:
     text = (resources.files("model") / "data" / name).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
+
+
+def _published_reference() -> dict[str, float]:
+    return {r["landmark"]: float(r["score"]) for r in _data_rows("published_reference.csv")}
+
+
+#: bpreg's published reference table (landmark → score 0-100, field notes), feet → head.
+PUBLISHED_REFERENCE: dict[str, float] = _published_reference()
 
 
 @lru_cache(maxsize=1)

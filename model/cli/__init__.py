@@ -16,13 +16,13 @@ import torch
 from tqdm import tqdm
 
 from model import __version__
-from model.alignment import add_align_command
-from model.cropping import add_crop_command
 from model.paths import DEFAULT_WEIGHTS, shared_data_dir
-from model.volume import CTInputError
+from model.reading.volume import CTInputError
+from model.tools.alignment import add_align_command
+from model.tools.cropping import add_crop_command
 
 if TYPE_CHECKING:
-    from model.analysis import BodyPartResult
+    from model.interpretation.analysis import BodyPartResult
 
 log = logging.getLogger("bpr")
 
@@ -60,16 +60,16 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from model.dataset import entries_from_paths, load_train_volumes
-    from model.export import export_model
-    from model.train import TrainConfig, train
+    from model.training.dataset import entries_from_paths, load_train_volumes
+    from model.training.export import export_model
+    from model.training.train import TrainConfig, train
 
     inputs = args.inputs or [shared_data_dir() / "manifest.csv"]
     entries = entries_from_paths(inputs) + entries_from_paths(args.val, split="val")
     train_v = load_train_volumes([e for e in entries if e.split == "train"], args.cache)
     val_v = load_train_volumes([e for e in entries if e.split == "val"], args.cache)
     if args.phantom_variants:
-        from model.phantom import synthetic_volumes
+        from model.training.phantom import synthetic_volumes
 
         phantom_dir = args.phantom_dir or shared_data_dir() / "phantoms"
         train_v += synthetic_volumes(phantom_dir, args.phantom_variants, seed=args.seed)
@@ -101,10 +101,10 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from model.analysis import analyze
-    from model.inference import BodyPartRegressor
-    from model.io import load_volumes
-    from model.predict import output_name, write_json
+    from model.cli.output import output_name, write_json
+    from model.interpretation.analysis import analyze
+    from model.reading.load import load_volumes
+    from model.scoring.inference import BodyPartRegressor
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +144,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _plot_result(result: BodyPartResult, png: Path) -> None:
-    from model.plot import plot_scores
+    from model.tools.plot import plot_scores
 
     regions = {name: (r.z_min_mm, r.z_max_mm) for name, r in result.regions.items()
                if r is not None}
@@ -177,15 +177,15 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from model.calibration import model_statistics, write_calibration
-    from model.evaluate import (
+    from model.cli.output import write_json
+    from model.evaluation.calibration import model_statistics, write_calibration
+    from model.evaluation.evaluate import (
         evaluate_scores,
         load_regressor,
         read_manifest,
         score_items,
         z_test,
     )
-    from model.predict import write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from model import preprocess
-from model.dataset import TrainVolume
-from model.io_nifti import read_nifti
+from model.reading.nifti import read_nifti
+from model.scoring import preprocess
+from model.training.dataset import TrainVolume
 
 #: Phantoms in ``<shared data>/phantoms`` (adult male, adult female).
 PHANTOMS = ("icrp_am", "icrp_af")

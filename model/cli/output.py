@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.volume import CTVolume
+from model.reading.volume import CTVolume
 
 
 def output_name(volume: CTVolume, index: int) -> str:

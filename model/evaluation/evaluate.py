@@ -1,7 +1,7 @@
 """Landmark evaluation of a body part regressor (thesis §4.2).
 
 Pipeline: score every slice of every volume, read each volume's landmarks
-(:mod:`model.landmarks`), take the score at each landmark by linear interpolation of the
+(:mod:`model.evaluation.landmarks`), take the score at each landmark by linear interpolation of the
 slice scores at the landmark's z, average those over the training volumes into the
 reference table (eq. 4.11), calibrate the score scale on the lungs, and measure on the
 validation volumes:
@@ -33,9 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from model.inference import BodyPartRegressor, ModelMeta, SliceScores
-from model.io_nifti import read_nifti
-from model.landmarks import (
+from model.evaluation.landmarks import (
     IMAGE_LUNG_RULE,
     LANDMARK_NAMES,
     LANDMARK_RULES,
@@ -43,8 +41,11 @@ from model.landmarks import (
     lung_profile,
     read_label_map,
 )
-from model.strict_json import jsonable
-from model.volume import CTVolume
+from model.interpretation.bodypart import PUBLISHED_REFERENCE
+from model.interpretation.strict_json import jsonable
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
+from model.scoring.inference import BodyPartRegressor, ModelMeta, SliceScores
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ FloatVector = npt.NDArray[np.float64]
 IntVector = npt.NDArray[np.int64]
 BoolVector = npt.NDArray[np.bool_]
 
-#: bpreg's published reference table (score 0-100, field notes), for comparison only.
-PUBLISHED_REFERENCE: dict[str, float] = {
-    "pelvis_start": 0.0, "femur_end": 13.6, "L5": 25.5, "pelvis_end": 28.8, "L3": 33.8,
-    "L1": 41.5, "lung_start": 44.1, "Th12": 45.0, "Th8": 56.9, "lung_end": 75.4,
-    "Th1": 75.8, "C7": 77.9, "C1": 89.2, "nose": 92.6, "eyes_end": 100.0,
-    "head_end": 107.8,
-}
 #: Calibration anchors: our lung landmarks are bpreg's lung_start / lung_end.
 CALIBRATION_ANCHORS: dict[str, str] = {"lung_bottom": "lung_start", "lung_top": "lung_end"}
 #: Our landmarks that correspond (exactly or roughly) to a published one, for comparison.
@@ -116,7 +110,7 @@ LMSE_RULE = (
 
 
 class SliceScorer(Protocol):
-    """What evaluation needs of a model (:class:`model.inference.BodyPartRegressor`)."""
+    """What evaluation needs of a model (:class:`model.scoring.inference.BodyPartRegressor`)."""
 
     meta: ModelMeta
 
@@ -839,7 +833,7 @@ def load_regressor(weights: Path) -> BodyPartRegressor:
     """
     import torch
 
-    from model.network import SliceScoreNet
+    from model.scoring.network import SliceScoreNet
 
     if weights.with_suffix(".json").exists():
         return BodyPartRegressor.load(weights)

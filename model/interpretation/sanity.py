@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.postprocess import (
+from model.interpretation.postprocess import (
     BODY_HU,
     CleanedScores,
     FloatVector,

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from model.inference import ModelMeta
-from model.network import SliceScoreNet
+from model.scoring.inference import ModelMeta
+from model.scoring.network import SliceScoreNet
 
 
 def export_model(net: SliceScoreNet, training: dict[str, Any], out_dir: Path,

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
-from model.volume import CTInputError, CTVolume, FloatArray
+from model.reading.volume import CTInputError, CTVolume, FloatArray
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"

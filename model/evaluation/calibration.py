@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from model import preprocess
-from model.analysis import postprocessing_statistics
-from model.evaluate import EvaluationReport, VolumeScores
-from model.inference import BodyPartRegressor, ModelMeta
-from model.postprocess import curves_from_volume_scores
+from model.evaluation.evaluate import EvaluationReport, VolumeScores
+from model.interpretation.analysis import postprocessing_statistics
+from model.interpretation.postprocess import curves_from_volume_scores
+from model.scoring import preprocess
+from model.scoring.inference import BodyPartRegressor, ModelMeta
 
 log = logging.getLogger(__name__)
 

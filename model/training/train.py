@@ -21,11 +21,11 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from model import augment as aug
-from model.dataset import TrainVolume
-from model.losses import classification_order_loss, distance_loss, heuristic_order_loss
-from model.network import STAGE_CHANNELS, SliceScoreNet
-from model.sampling import sample_equidistant
+from model.scoring.network import STAGE_CHANNELS, SliceScoreNet
+from model.training import augment as aug
+from model.training.dataset import TrainVolume
+from model.training.losses import classification_order_loss, distance_loss, heuristic_order_loss
+from model.training.sampling import sample_equidistant
 
 log = logging.getLogger(__name__)
 

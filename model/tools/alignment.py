@@ -46,11 +46,11 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from model.cropping import score_and_clean
-from model.inference import BodyPartRegressor
-from model.postprocess import BODY_HU, MIN_BODY_AREA_MM2
-from model.preprocess import preprocess_slices
-from model.volume import CTInputError, CTVolume
+from model.interpretation.postprocess import BODY_HU, MIN_BODY_AREA_MM2
+from model.reading.volume import CTInputError, CTVolume
+from model.scoring.inference import BodyPartRegressor
+from model.scoring.preprocess import preprocess_slices
+from model.tools.cropping import score_and_clean
 
 FloatVector = npt.NDArray[np.float64]
 IntVector = npt.NDArray[np.intp]
@@ -409,14 +409,15 @@ def align_l1(fixed: ScoreProfile, moving: ScoreProfile, *, spacing_mm: float = L
 
 
 def score_profile(volume: CTVolume, regressor: BodyPartRegressor) -> ScoreProfile:
-    """Cleaned score curve of a whole volume (:func:`model.cropping.score_and_clean`)."""
+    """Cleaned score curve of a whole volume (:func:`model.tools.cropping.score_and_clean`)."""
     return ScoreProfile.of(volume.z_mm, score_and_clean(volume, regressor).scores)
 
 
 def has_body(volume: CTVolume) -> npt.NDArray[np.bool_]:
     """Slices showing a body, from the HU alone so the fast method scores no extra slice.
 
-    The rule of :mod:`model.postprocess` (tissue area > :data:`MIN_BODY_AREA_MM2`) on the
+    The rule of :mod:`~model.interpretation.postprocess` (tissue area >
+    :data:`MIN_BODY_AREA_MM2`) on the
     stored grid instead of the network input.
     """
     pixel_mm2 = volume.pixel_spacing_mm[0] * volume.pixel_spacing_mm[1]
@@ -485,7 +486,7 @@ def add_align_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _one_volume(path: Path) -> CTVolume:
-    from model.io import load_volumes
+    from model.reading.load import load_volumes
 
     loaded = load_volumes(path)
     for err in loaded.errors:
@@ -497,7 +498,7 @@ def _one_volume(path: Path) -> CTVolume:
 
 def run_align_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr align``; returns the exit status."""
-    from model.evaluate import load_regressor
+    from model.evaluation.evaluate import load_regressor
 
     try:
         regressor = load_regressor(args.model)

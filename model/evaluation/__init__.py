@@ -1,0 +1,2 @@
+"""Evaluation against anatomical landmarks: landmark rules, metrics, the reference table and
+the calibration stored with the weights."""

@@ -1,0 +1,1 @@
+"""Interpreting a score curve: cleaning, sanity checks, body regions and the DICOM term."""

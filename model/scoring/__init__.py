@@ -1,0 +1,1 @@
+"""Scoring slices: preprocessing, the network and the regressor that scores a volume."""

@@ -1,0 +1,1 @@
+"""Tools built on the scores: known-region cropping, prealignment and score-curve plots."""
