@@ -27,18 +27,24 @@ from sqlalchemy import update
 from dicom_node.config import NodeConfig
 from dicom_node.forwarding import enqueue_forwards
 from dicom_node.index import Index, Region, Series, SeriesState
-from dicom_node.ingest import DECODE_ERRORS, ingest, read_header
+from dicom_node.ingest import ingest, read_header
 from dicom_node.sr import build_sr
 from dicom_node.storage import FileStore
-from model.api import BodyPartRegressor, CTInputError, SeriesAnalysis, analyze_series
+from model.api import (
+    DECODE_ERRORS,
+    READ_ERRORS,
+    BodyPartRegressor,
+    CTInputError,
+    SeriesAnalysis,
+    analyze_series,
+)
 
 log = logging.getLogger(__name__)
 
 #: Errors of one analysis that fail that series and leave the worker running.
 ANALYSIS_ERRORS: tuple[type[Exception], ...] = (
-    CTInputError, *DECODE_ERRORS, OSError, RuntimeError, MemoryError, ArithmeticError,
+    CTInputError, *DECODE_ERRORS, MemoryError, ArithmeticError,
 )
-_HEADER_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, OSError)
 
 
 class AnalysisWorker:
@@ -196,6 +202,6 @@ class AnalysisWorker:
 def _header(path: Path) -> Dataset | None:
     try:
         return dcmread(path, stop_before_pixels=True)
-    except _HEADER_ERRORS:
+    except READ_ERRORS:
         return None
 

@@ -41,8 +41,9 @@ from sqlalchemy.orm import Session
 
 from dicom_node.config import ForwardingConfig, NodeConfig
 from dicom_node.index import ForwardJob, ForwardState, Index, Instance
-from dicom_node.ingest import DECODE_ERRORS, short_uid
+from dicom_node.ingest import short_uid
 from dicom_node.storage import FileStore
+from model.api import READ_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +441,7 @@ class Forwarder:
         except OSError as exc:
             # e.g. EIO on a network volume: may pass, and max_attempts bounds it.
             return Outcome(Verdict.RETRY, None, f"cannot read the stored file: {exc.strerror}")
-        except DECODE_ERRORS as exc:
+        except READ_ERRORS as exc:
             return Outcome(Verdict.FAIL, None,
                            f"stored file is not readable DICOM ({type(exc).__name__})")
         if found != job.sop_instance_uid:

@@ -12,32 +12,22 @@ from __future__ import annotations
 import io
 import logging
 import re
-import struct
 import time
-import zlib
 from dataclasses import dataclass
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException, InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_node.index import Index, Instance, Series, SeriesState, Study
 from dicom_node.storage import FileStore
+from model.api import READ_ERRORS, disguised_sequence
 
 log = logging.getLogger(__name__)
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-#: What decoding a hostile value can raise (pydicom has no single exception type for it;
-#: the list comes from fuzzing, tests/test_fuzz_ingest.py).
-DECODE_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
-    NotImplementedError, struct.error, EOFError, InvalidDicomError, RecursionError,
-    BytesLengthException, zlib.error,
-)
 
 #: Every attribute the index reads; :func:`read_header` decodes them all up front, so that
 #: nothing can fail to decode after the file is written.
@@ -47,8 +37,6 @@ INDEXED_KEYWORDS = (
     "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName", "SeriesNumber",
     "SeriesDescription", "SeriesDate", "BodyPartExamined", "InstanceNumber",
 )
-# OSError too: pydicom reading a BytesIO raises it for truncated sequences (never the disk).
-_HEADER_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, OSError)
 #: Largest integer the index stores (IS is a 32-bit signed value in DICOM).
 _MAX_INT = 2**31 - 1
 
@@ -88,17 +76,15 @@ def read_header(data: bytes) -> Dataset:
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=False)
         ds.ensure_file_meta()
+        disguised = disguised_sequence(ds, INDEXED_KEYWORDS)
+        if disguised is not None:
+            raise BadInstanceError(f"{disguised} is a sequence")
         _ = ds.file_meta.get("MediaStorageSOPClassUID")
         for keyword in INDEXED_KEYWORDS:
-            # A sequence where a string or number belongs is hostile: turning it into text
-            # recurses through its nesting (seconds and gigabytes at a depth of 1000).
-            raw = ds.get_item(keyword)
-            if raw is not None and (raw.VR == "SQ" or getattr(raw, "length", 0) == 0xFFFFFFFF):
-                raise BadInstanceError(f"{keyword} is a sequence")
             _ = ds.get(keyword)  # decoded once here; later reads use pydicom's cache
     except BadInstanceError:
         raise
-    except _HEADER_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise BadInstanceError(f"cannot decode the dataset: {type(exc).__name__}") from exc
     return ds
 
@@ -168,14 +154,14 @@ def _identifiers(ds: Dataset) -> dict[str, str]:
     for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
         try:
             value = str(ds.get(keyword, "") or "").strip("\0 ")
-        except DECODE_ERRORS:
+        except READ_ERRORS:
             value = ""
         if not is_valid_uid(value):
             raise BadInstanceError(f"{keyword} is missing or not a valid UID")
         ids[keyword] = value
     try:
         meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
-    except DECODE_ERRORS:
+    except READ_ERRORS:
         meta_class = ""
     if meta_class and meta_class != ids["SOPClassUID"]:
         raise BadInstanceError("SOP Class UID differs from the file meta", status=0xA900)
@@ -187,7 +173,7 @@ def text(ds: Dataset, keyword: str, max_length: int) -> str:
     try:
         value = ds.get(keyword)
         result = "" if value is None else str(value)
-    except DECODE_ERRORS:
+    except READ_ERRORS:
         return ""
     return result.replace("\0", "").strip()[:max_length]
 
@@ -197,7 +183,7 @@ def integer(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         number = None if value is None or value == "" else int(value)
-    except DECODE_ERRORS:
+    except READ_ERRORS:
         return None
     except ArithmeticError:
         return None

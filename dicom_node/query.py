@@ -55,10 +55,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.config import NodeConfig, Permission
 from dicom_node.index import Index, Instance, Series, Study
-from dicom_node.ingest import DECODE_ERRORS, short_uid
+from dicom_node.ingest import short_uid
 from dicom_node.matching import MatchError, MatchKind, classify, match, match_any
 from dicom_node.security import NOT_AUTHORIZED, allowed
 from dicom_node.storage import FileStore
+from model.api import READ_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ _MAX_CONTEXTS: Final = 128
 _CHUNK: Final = 500
 _RESPONSE_CHARSET: Final = "ISO_IR 192"
 _TEXT_VRS: Final = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
-_READ_ERRORS: Final[tuple[type[Exception], ...]] = (OSError, *DECODE_ERRORS)
+_READ_ERRORS: Final[tuple[type[Exception], ...]] = READ_ERRORS
 
 
 class Level(enum.IntEnum):
@@ -514,7 +515,7 @@ class QueryRetrieveService:
             raise
         except MatchError as exc:
             raise QueryError(str(exc)) from exc
-        except DECODE_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise QueryError(f"cannot decode the identifier ({type(exc).__name__})",
                              _UNABLE_TO_PROCESS[service] + _UNDECODABLE) from exc
 
@@ -690,7 +691,7 @@ def _encodings(identifier: Dataset) -> list[str]:
     terms = [term.strip() for term in text.split("\\")] if text else []
     try:
         return convert_encodings(terms or None)
-    except DECODE_ERRORS:
+    except READ_ERRORS:
         return convert_encodings(None)
 
 

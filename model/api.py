@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.interpretation.analysis import AnalysisSettings, BodyPartResult, analyze
-from model.reading.dicom import read_dicom_series
+from model.reading.dicom import read_dicom_series, why_not_ct
+from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence
 from model.reading.volume import CTInputError
 from model.scoring.inference import BodyPartRegressor
 
-__all__ = ["BodyPartRegressor", "CTInputError", "SeriesAnalysis", "analyze_series"]
+__all__ = ["DECODE_ERRORS", "READ_ERRORS", "BodyPartRegressor", "CTInputError", "SeriesAnalysis",
+           "analyze_series", "disguised_sequence", "why_not_ct"]
 
 #: Reasons quoted in full in the error of a series no file of which could be read; the rest
 #: are counted.

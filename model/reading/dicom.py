@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -14,18 +12,21 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    MediaStorageDirectoryStorage,
+)
 
+from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence
 from model.reading.volume import CTInputError, CTVolume, FloatArray
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+#: The image storage SOP classes the reader scores (single- and multi-frame CT).
 CT_SOP_CLASSES = frozenset(
-    {CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
+    {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
 )
-_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 
 #: Slices whose positions along the normal differ by at most this are duplicates.
 DUPLICATE_TOLERANCE_MM = 0.01
@@ -48,25 +49,9 @@ MAX_RESCALE_INTERCEPT = 1e5
 #: Smaller angles between slice normal and body axis are rounding noise in the cosines.
 TILT_WARN_DEG = 0.5
 
-# pydicom reports malformed files through a range of exceptions (found by fuzzing:
-# tests/test_fuzz_ingest.py), zlib's and struct's included for bad deflated streams.
-_READ_ERRORS = (
-    InvalidDicomError,
-    OSError,
-    EOFError,
-    ValueError,
-    AttributeError,
-    KeyError,
-    TypeError,
-    IndexError,
-    OverflowError,
-    NotImplementedError,
-    BytesLengthException,
-    struct.error,
-    zlib.error,
-)
-# Decoding PixelData can also raise RuntimeError (pydicom's handlers: no decoder, bad stream).
-_DECODE_ERRORS = (*_READ_ERRORS, RuntimeError)
+# MemoryError too where a hostile PixelData or sequence length asks pydicom for gigabytes.
+_READ_FAILURES: tuple[type[BaseException], ...] = (*READ_ERRORS, MemoryError)
+_DECODE_FAILURES: tuple[type[BaseException], ...] = (*DECODE_ERRORS, MemoryError)
 
 Vector = npt.NDArray[np.float64]
 
@@ -164,19 +149,18 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
         try:
             ds = pydicom.dcmread(path)
             pixels = _PixelSource(ds)
-        except (*_DECODE_ERRORS, MemoryError) as full_exc:
-            # MemoryError: a hostile PixelData length asks pydicom for gigabytes.
+        except _DECODE_FAILURES as full_exc:
             # A file cut inside its pixel data still has a usable header: group it by that
             # and report the pixels as undecodable only if its slices are selected.
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except (*_READ_ERRORS, MemoryError) as exc:
+            except _READ_FAILURES as exc:
                 result.errors.append(f"{path}: not a readable DICOM file ({exc})")
                 continue
             pixels = _PixelSource(None, f"{path}: pixel data could not be decoded ({full_exc})")
         try:
             _reject_disguised_sequences(ds)
-            if _sop_class(ds) == _MEDIA_STORAGE_DIRECTORY:
+            if _sop_class(ds) == MediaStorageDirectoryStorage:
                 continue
             frames = _frames(path, pixels, ds)
             uid = str(ds.get("SeriesInstanceUID") or "") or None
@@ -185,7 +169,7 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
         except CTInputError as exc:
             result.errors.append(f"{path}: {exc}")
             continue
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             result.errors.append(f"{path}: malformed DICOM header ({type(exc).__name__})")
             continue
         series[key].extend(frames)
@@ -197,7 +181,7 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
             result.volumes.append(_assemble(uids[key], frames, result.errors))
         except CTInputError as exc:
             result.errors.append(str(exc))
-        except (*_DECODE_ERRORS, MemoryError) as exc:
+        except _DECODE_FAILURES as exc:
             result.errors.append(f"series could not be assembled ({type(exc).__name__})")
     return result
 
@@ -218,14 +202,23 @@ _SCALAR_KEYWORDS = (
 )
 
 
+def why_not_ct(ds: Dataset) -> str | None:
+    """Why a header is no CT image this reader can score; None when it is one.
+
+    A CT image is one of :data:`CT_SOP_CLASSES` with Modality CT (or none, as some
+    anonymisers leave it).
+    """
+    sop_class, modality = _sop_class(ds), str(ds.get("Modality", ""))
+    if sop_class in CT_SOP_CLASSES and modality in ("CT", ""):
+        return None
+    name = UID(sop_class).name if sop_class else "missing"
+    return f"not CT (Modality {modality!r}, SOP class {name!r})"
+
+
 def _reject_disguised_sequences(ds: Dataset) -> None:
-    meta = getattr(ds, "file_meta", None) or Dataset()
-    for source, keywords in ((ds, _SCALAR_KEYWORDS),
-                             (meta, ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"))):
-        for keyword in keywords:
-            raw = source.get_item(keyword)
-            if raw is not None and (raw.VR == "SQ" or getattr(raw, "length", 0) == 0xFFFFFFFF):
-                raise CTInputError(f"{keyword} is a sequence (malformed header)")
+    keyword = disguised_sequence(ds, _SCALAR_KEYWORDS)
+    if keyword is not None:
+        raise CTInputError(f"{keyword} is a sequence (malformed header)")
 
 
 def _vector(item: Dataset | None, keyword: str, size: int) -> Vector:
@@ -240,10 +233,10 @@ def _vector(item: Dataset | None, keyword: str, size: int) -> Vector:
 
 def _frames(path: Path, pixels: _PixelSource, ds: Dataset) -> list[_Frame]:
     """Header of one file as 2D frames; raises CTInputError with the reason."""
-    sop_class, modality = _sop_class(ds), str(ds.get("Modality", ""))
-    if sop_class not in CT_SOP_CLASSES or modality not in ("CT", ""):
-        name = UID(sop_class).name if sop_class else "missing"
-        raise CTInputError(f"not CT (Modality {modality!r}, SOP class {name!r})")
+    reason = why_not_ct(ds)
+    if reason is not None:
+        raise CTInputError(reason)
+    sop_class = _sop_class(ds)
     missing = [kw for kw in ("Rows", "Columns") if kw not in ds]
     if missing:
         raise CTInputError(f"missing {', '.join(missing)} (incomplete or truncated header)")
@@ -256,7 +249,7 @@ def _frames(path: Path, pixels: _PixelSource, ds: Dataset) -> list[_Frame]:
     if not (min(shape) > 0 and max(shape) <= MAX_MATRIX):
         raise CTInputError(f"implausible matrix {shape[0]}×{shape[1]}")
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    multi_frame = sop_class != CT_IMAGE_STORAGE
+    multi_frame = sop_class != CTImageStorage
     n_frames = int(ds.get("NumberOfFrames") or 1) if multi_frame else 1
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     shared = ds.get("SharedFunctionalGroupsSequence") or []
@@ -439,7 +432,7 @@ def _decode_into(
         stored = ds.pixel_array.reshape(-1, *frames[0].shape)
         padding_value = ds.get("PixelPaddingValue")
         padding = None if padding_value is None else int(padding_value)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         return [], f"{frames[0].path}: pixel data could not be decoded ({exc})"
     done = []
     for f, slot in zip(frames, slots, strict=True):
