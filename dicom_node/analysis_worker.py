@@ -17,11 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import torch
-from pydicom import dcmread, dcmwrite
-from pydicom.dataset import Dataset
+from pydicom import dcmwrite
 from sqlalchemy import update
 
 from dicom_node.config import NodeConfig
@@ -30,14 +27,7 @@ from dicom_node.index import Index, Region, Series, SeriesState
 from dicom_node.ingest import ingest, read_header
 from dicom_node.sr import build_sr
 from dicom_node.storage import FileStore
-from model.api import (
-    DECODE_ERRORS,
-    READ_ERRORS,
-    BodyPartRegressor,
-    CTInputError,
-    SeriesAnalysis,
-    analyze_series,
-)
+from model.api import DECODE_ERRORS, CTInputError, Model, SeriesAnalysis, analyze_series, load_model
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +47,14 @@ class AnalysisWorker:
         Called with the series primary key, its new state and the SR instance primary key
         (None when no SR was written) after each analysis; the node uses it to forward, and
         to reschedule series that received instances meanwhile (state RECEIVING).
+    model : Model, optional
+        An already loaded model (:func:`model.api.load_model`); default: loaded on the first
+        analysis from ``series.model_weights``.
     """
 
     def __init__(self, index: Index, store: FileStore, config: NodeConfig,
-                 on_finished: Callable[[int, SeriesState, int | None], None] | None = None) -> None:
+                 on_finished: Callable[[int, SeriesState, int | None], None] | None = None,
+                 model: Model | None = None) -> None:
         self.index = index
         self.store = store
         self.config = config
@@ -69,19 +63,16 @@ class AnalysisWorker:
                                         thread_name_prefix="bpr-analysis")
         self._active: set[int] = set()
         self._lock = threading.Lock()
-        self._regressor: BodyPartRegressor | None = None
-        self._regressor_lock = threading.Lock()
+        self._model = model
+        self._model_lock = threading.Lock()
 
-    def regressor(self) -> BodyPartRegressor:
+    def model(self) -> Model:
         """The model, loaded once (first analysis) and shared by the worker threads."""
-        with self._regressor_lock:
-            if self._regressor is None:
-                if self.config.series.torch_threads:
-                    torch.set_num_threads(self.config.series.torch_threads)
-                weights = self.config.series.model_weights
-                self._regressor = (BodyPartRegressor.load(weights) if weights
-                                   else BodyPartRegressor.load())
-            return self._regressor
+        with self._model_lock:
+            if self._model is None:
+                self._model = load_model(self.config.series.model_weights,
+                                         threads=self.config.series.torch_threads)
+            return self._model
 
     def submit(self, series_pk: int) -> None:
         """Analyze the series soon (ignored while a worker already has it)."""
@@ -125,7 +116,7 @@ class AnalysisWorker:
         log.info("series %d: analyzing %d instances", series_pk, len(paths))
         t0 = time.perf_counter()
         try:
-            analysis = analyze_series(paths, self.regressor())
+            analysis = analyze_series(paths, self.model())
         except ANALYSIS_ERRORS as exc:
             return self._fail(series_pk, exc)
         analysis_seconds = time.perf_counter() - t0
@@ -133,7 +124,7 @@ class AnalysisWorker:
         sr_pk: int | None = None
         if self.config.sr.enabled:
             try:
-                sr_pk = self._write_sr(series_pk, analysis, paths)
+                sr_pk = self._write_sr(series_pk, analysis)
             except ANALYSIS_ERRORS as exc:
                 return self._fail(series_pk, exc, stage="SR")
         state = self._record(series_pk, analysis, analysis_seconds, time.perf_counter() - t1)
@@ -142,9 +133,8 @@ class AnalysisWorker:
             self.on_finished(series_pk, state, sr_pk)
         return state
 
-    def _write_sr(self, series_pk: int, analysis: SeriesAnalysis, paths: list[Path]) -> int:
-        headers = [_header(p) for p in paths]
-        sr = build_sr(analysis, [h for h in headers if h is not None], self.config.sr)
+    def _write_sr(self, series_pk: int, analysis: SeriesAnalysis) -> int:
+        sr = build_sr(analysis, self.config.sr)
         buffer = io.BytesIO()
         dcmwrite(buffer, sr, enforce_file_format=True)
         data = buffer.getvalue()
@@ -157,26 +147,27 @@ class AnalysisWorker:
 
     def _record(self, series_pk: int, analysis: SeriesAnalysis, analysis_seconds: float,
                 sr_seconds: float) -> SeriesState:
-        main = max(analysis.results, key=lambda r: r.n_slices)
+        main = analysis.main_volume
         with self.index.session() as session:
             series = session.get_one(Series, series_pk)
             series.corrected_body_part = main.body_part_examined
-            series.corrected_snomed_code = main.snomed.snomed_code if main.snomed else None
-            series.corrected_snomed_meaning = main.snomed.snomed_meaning if main.snomed else None
-            series.sanity_flags = ",".join(sorted({a.code.value for a in main.anomalies}))
+            code = main.body_part_code
+            series.corrected_snomed_code = code.value if code else None
+            series.corrected_snomed_meaning = code.meaning if code else None
+            series.sanity_flags = ",".join(main.anomalies)
             series.model_version = main.model_version
             series.analyzed_at = time.time()
             series.analysis_seconds = analysis_seconds
             series.sr_seconds = sr_seconds if self.config.sr.enabled else None
-            document = main.to_json_dict()
+            document = dict(main.document)
             document["read_errors"] = list(analysis.read_errors)
-            document["other_volumes"] = len(analysis.results) - 1
+            document["other_volumes"] = len(analysis.volumes) - 1
             series.result_json = json.dumps(document, allow_nan=False)
             series.error = None
             series.regions = [
-                Region(name=name, first_slice=r.first_slice, last_slice=r.indices[-1],
-                       z_min_mm=r.z_min_mm, z_max_mm=r.z_max_mm)
-                for name, r in main.regions.items() if r is not None]
+                Region(name=r.name, first_slice=r.slice_indices[0],
+                       last_slice=r.slice_indices[-1], z_min_mm=r.z_min_mm, z_max_mm=r.z_max_mm)
+                for r in main.regions]
             series.analysis_count += 1
             series.state = (SeriesState.RECEIVING if series.rerun_requested
                             else SeriesState.DONE)
@@ -197,11 +188,4 @@ class AnalysisWorker:
         if self.on_finished is not None:
             self.on_finished(series_pk, state, None)
         return state
-
-
-def _header(path: Path) -> Dataset | None:
-    try:
-        return dcmread(path, stop_before_pixels=True)
-    except READ_ERRORS:
-        return None
 

@@ -1,28 +1,29 @@
 """The DICOM Structured Report written for every analyzed series.
 
 :func:`build_sr` turns a :class:`~model.api.SeriesAnalysis` into a TID 1500 Measurement
-Report (Comprehensive 3D SR) in the study of the source series, in an SR series of its own:
+Report (Comprehensive 3D SR) in the study of the source series, in an SR series of its own.
+Everything comes from the analysis: the model's records give the codes, the flags and their
+values, and the headers the reader kept give the evidence, so no file is read again.
 
 * one TID 1501 measurement group per body region found: tracking identifier, the region's
   CID 4031 SNOMED CT code as finding site, the source images of its slices, and the
   inferior/superior slice position (mm), the lowest/highest slice score and the slice count;
 * one group for the whole series: the BodyPartExamined term as "Target Region" (when the
   model gives one), whether any region was found, and one Yes/No/Undetermined flag per
-  sanity check of the model (:data:`FLAG_CODES`).
+  sanity check of the model, with the model's concept for it.
 
 UIDs are derived, not random, so that re-sending an unchanged series reproduces the SR
 (receivers treat it as the same instance) and new instances of the series give a new SR
 instance in the same SR series.
 
-Concepts without a standard code use the private coding scheme :data:`SCHEME` (declared in
-the Coding Scheme Identification Sequence).
+Concepts without a standard code use the model's private coding scheme :data:`SCHEME`
+(declared in the Coding Scheme Identification Sequence).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 from pydicom import Dataset
@@ -31,27 +32,15 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from dicom_node.config import SRConfig
-from model.api import SeriesAnalysis
-
-if TYPE_CHECKING:
-    from model.interpretation.analysis import BodyPartResult
+from model.api import Coded, SeriesAnalysis, VolumeRecord, private_coding_scheme
 
 ALGORITHM_NAME = "bpr-node body part regression"
-#: Private coding scheme of the concepts below that have no standard code.
-SCHEME = "99BPR"
+#: Private coding scheme of the concepts below that have no standard code (the model's,
+#: which also codes its sanity flags).
+SCHEME = private_coding_scheme()
 #: Fixed first entropy source of every derived UID, so that ours never collide with UIDs
 #: derived the same way by other software from the same source UIDs.
 _UID_NAMESPACE = "bpr-node structured report"
-
-#: Model regions → CID 4031 Common Anatomic Region (the codes of model/data/dicom_body_parts).
-REGION_CODES: dict[str, Code] = {
-    "legs": Code("61685007", "SCT", "Lower limb"),
-    "pelvis": Code("816092008", "SCT", "Pelvis"),
-    "abdomen": Code("818981001", "SCT", "Abdomen"),
-    "chest": Code("816094009", "SCT", "Chest"),
-    "neck": Code("45048000", "SCT", "Neck"),
-    "head": Code("69536005", "SCT", "Head"),
-}
 
 #: Measurements of a region group.
 INFERIOR_Z = Code("BPR0001", SCHEME, "Inferior slice position of region")
@@ -61,21 +50,12 @@ MAX_SCORE = Code("BPR0004", SCHEME, "Highest slice score in region")
 SLICE_COUNT = Code("BPR0005", SCHEME, "Number of slices in region")
 #: Qualitative evaluation of the series group: was any region found.
 REGION_FOUND = Code("BPR0010", SCHEME, "Body region found")
-#: Flag concept per model anomaly code (``model.interpretation.sanity.AnomalyCode`` values).
-FLAG_CODES: dict[str, Code] = {
-    "no_body": Code("BPR0101", SCHEME, "No body in image"),
-    "not_ct_like": Code("BPR0102", SCHEME, "Image values not CT-like"),
-    "out_of_scope": Code("BPR0103", SCHEME, "Anatomy outside model range"),
-    "reversed_z_ordering": Code("BPR0104", SCHEME, "Reversed z-ordering"),
-    "invalid_z_spacing": Code("BPR0105", SCHEME, "Invalid z-spacing"),
-    "discontinuity": Code("BPR0106", SCHEME, "Discontinuity along body axis"),
-    "too_few_slices": Code("BPR0107", SCHEME, "Too few slices for slope check"),
-}
-
 MM = Code("mm", "UCUM", "mm")
 SCORE = Code("{score}", "UCUM", "score")
 SLICES = Code("{slices}", "UCUM", "slices")
 YES, NO, UNDETERMINED = codes.SCT.Yes, codes.SCT.No, codes.SCT.Undetermined
+#: Value of each model flag state.
+FLAG_VALUES: dict[str, Code] = {"yes": YES, "no": NO, "undetermined": UNDETERMINED}
 
 # highdicom warns about one-component patient names and quotes the name; warnings may be
 # routed into the node's logs, which must hold no PHI.
@@ -83,17 +63,14 @@ warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended
                         category=UserWarning)
 
 
-def build_sr(analysis: SeriesAnalysis, source_headers: Sequence[Dataset],
-             settings: SRConfig) -> Dataset:
+def build_sr(analysis: SeriesAnalysis, settings: SRConfig) -> Dataset:
     """Measurement Report of one analyzed series.
 
     Parameters
     ----------
     analysis : SeriesAnalysis
-        :func:`model.api.analyze_series` of the series' files.
-    source_headers : sequence of pydicom.Dataset
-        Headers (pixel data not needed) of every stored instance of the series; they are
-        the SR's evidence and give its patient and study attributes.
+        :func:`model.api.analyze_series` of the series' files; its headers are the SR's
+        evidence and give its patient and study attributes.
     settings : SRConfig
         Series number and description, manufacturer and institution of the SR.
 
@@ -105,27 +82,25 @@ def build_sr(analysis: SeriesAnalysis, source_headers: Sequence[Dataset],
     Raises
     ------
     ValueError
-        If the headers are empty, span several series or lack the study UID, if the analysis
-        has no result or references an instance not among the headers, or if the model
-        reports an anomaly code missing from :data:`FLAG_CODES`.
+        If the analysis has no volume or no header, if the headers span several series or
+        lack the study UID, or if a volume references an instance not among the headers.
     """
-    series_uid, study_uid = _source_series(source_headers)
-    if not analysis.results:
+    if not analysis.volumes:
         raise ValueError("the analysis has no result to report")
-    headers = sorted(source_headers, key=lambda h: str(h.SOPInstanceUID))
+    series_uid, study_uid = _source_series(analysis.headers)
+    headers = sorted(analysis.headers, key=lambda h: str(h.SOPInstanceUID))
     sop_classes = {str(h.SOPInstanceUID): str(h.SOPClassUID) for h in headers}
     sop_uids = sorted(sop_classes)  # an instance stored twice counts once
-    version = analysis.results[0].model_version
+    version = analysis.volumes[0].model_version
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=version)
-    several = len(analysis.results) > 1
+    several = len(analysis.volumes) > 1
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
-    for number, (result, slice_uids) in enumerate(
-            zip(analysis.results, analysis.slice_sop_instance_uids, strict=True), start=1):
-        missing = set(slice_uids) - set(sop_classes)
+    for number, volume in enumerate(analysis.volumes, start=1):
+        missing = set(volume.slice_sop_instance_uids) - set(sop_classes)
         if missing:
             raise ValueError(f"{len(missing)} analyzed instance(s) are not among the headers")
-        references = [(sop_classes[u], u) for u in slice_uids]
-        groups += _groups(result, references, algorithm, series_uid,
+        references = [(sop_classes[u], u) for u in volume.slice_sop_instance_uids]
+        groups += _groups(volume, references, algorithm, series_uid,
                           f"volume {number} " if several else "")
 
     report = hd.sr.MeasurementReport(
@@ -179,12 +154,12 @@ def _evidence(headers: Sequence[Dataset]) -> list[Dataset]:
     return [first, *headers[1:]]
 
 
-def _groups(result: BodyPartResult, references: Sequence[tuple[str, str]],
+def _groups(volume: VolumeRecord, references: Sequence[tuple[str, str]],
             algorithm: hd.sr.AlgorithmIdentification, series_uid: str, label: str
             ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """Region groups and the whole-series group of one result.
+    """Region groups and the whole-series group of one volume.
 
-    ``references`` holds (SOP Class UID, SOP Instance UID) per slice of the result.
+    ``references`` holds (SOP Class UID, SOP Instance UID) per slice of the volume.
     """
 
     def images(indices: Iterable[int]) -> list[hd.sr.SourceImageForMeasurementGroup]:
@@ -193,32 +168,24 @@ def _groups(result: BodyPartResult, references: Sequence[tuple[str, str]],
         return [hd.sr.SourceImageForMeasurementGroup(c, u) for c, u in unique]
 
     groups = []
-    for region, found in result.regions.items():
-        if found is None:
-            continue
-        if region not in REGION_CODES:
-            raise ValueError(f"no CID 4031 code for region {region!r}")
-        scores = [s for s in (result.cleaned_scores[i] for i in found.indices)
-                  if s is not None]
-        values = [(INFERIOR_Z, found.z_min_mm, MM), (SUPERIOR_Z, found.z_max_mm, MM),
-                  (MIN_SCORE, min(scores, default=None), SCORE),
-                  (MAX_SCORE, max(scores, default=None), SCORE),
-                  (SLICE_COUNT, len(found.indices), SLICES)]
+    for region in volume.regions:
+        values = [(INFERIOR_Z, region.z_min_mm, MM), (SUPERIOR_Z, region.z_max_mm, MM),
+                  (MIN_SCORE, region.min_score, SCORE), (MAX_SCORE, region.max_score, SCORE),
+                  (SLICE_COUNT, len(region.slice_indices), SLICES)]
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(series_uid, label + region),
+            tracking_identifier=_tracking(series_uid, label + region.name),
             algorithm_id=algorithm,
-            finding_sites=[hd.sr.FindingSite(REGION_CODES[region])],
+            finding_sites=[hd.sr.FindingSite(_code(region.code))],
             measurements=[hd.sr.Measurement(name=n, value=v, unit=u)
                           for n, v, u in values if v is not None],
-            source_images=images(found.indices)))
+            source_images=images(region.slice_indices)))
 
-    evaluations = [] if result.snomed is None else [hd.sr.QualitativeEvaluation(
-        codes.DCM.TargetRegion,
-        Code(result.snomed.snomed_code, result.snomed.scheme, result.snomed.snomed_meaning))]
-    found_any = any(r is not None for r in result.regions.values())
-    evaluations.append(hd.sr.QualitativeEvaluation(REGION_FOUND, YES if found_any else NO))
-    evaluations += [hd.sr.QualitativeEvaluation(FLAG_CODES[code], value)
-                    for code, value in _flags(result).items()]
+    evaluations = [] if volume.body_part_code is None else [
+        hd.sr.QualitativeEvaluation(codes.DCM.TargetRegion, _code(volume.body_part_code))]
+    evaluations.append(hd.sr.QualitativeEvaluation(REGION_FOUND,
+                                                   YES if volume.regions else NO))
+    evaluations += [hd.sr.QualitativeEvaluation(_code(flag.concept), FLAG_VALUES[flag.state])
+                    for flag in volume.flags]
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(series_uid, label + "whole series"),
         algorithm_id=algorithm, qualitative_evaluations=evaluations,
@@ -226,18 +193,8 @@ def _groups(result: BodyPartResult, references: Sequence[tuple[str, str]],
     return groups
 
 
-def _flags(result: BodyPartResult) -> dict[str, Code]:
-    """Yes/No/Undetermined per anomaly code of :data:`FLAG_CODES` for one result."""
-    present = {str(a.code) for a in result.anomalies}
-    unknown = present - set(FLAG_CODES)
-    if unknown:
-        raise ValueError(f"no SR flag code for anomaly code(s) {sorted(unknown)}")
-    # The model leaves these two checks undecided (None) for flat or too short curves;
-    # "No" would claim a check that did not take place.
-    undecided = {"reversed_z_ordering": result.reverse_z_ordering is None,
-                 "invalid_z_spacing": result.valid_z_spacing is None}
-    return {code: YES if code in present else UNDETERMINED if undecided.get(code) else NO
-            for code in FLAG_CODES}
+def _code(coded: Coded) -> Code:
+    return Code(coded.value, coded.scheme, coded.meaning)
 
 
 def _tracking(series_uid: str, label: str) -> hd.sr.TrackingIdentifier:

@@ -1,9 +1,19 @@
 """The one door between the DICOM node and the model.
 
-:func:`analyze_series` takes the files of one received series and returns, per CT volume
-found in them, the full :class:`~model.interpretation.analysis.BodyPartResult` together with the SOP
-Instance UID of every scored slice, so that the node can reference source images in its SR
-without reading the files a second time. The node imports nothing else from :mod:`model`.
+The node imports nothing else from :mod:`model`, and needs no torch of its own:
+
+* :func:`load_model` loads the weights once; :func:`analyze_series` reads the files of one
+  received series and returns a :class:`SeriesAnalysis`: per CT volume a
+  :class:`VolumeRecord` (the BodyPartExamined term and its SNOMED CT code, the regions with
+  their codes and slices, every sanity flag as yes/no/undetermined with its report concept,
+  the model version, the JSON document, and the SOP Instance UID of each slice), and the
+  header of every file read, so that the node's report needs no second read of the files;
+* :data:`READ_ERRORS`, :data:`DECODE_ERRORS`, :func:`disguised_sequence` and
+  :func:`why_not_ct` are the rules for hostile files and for what counts as CT, which the
+  node's ingest shares with the model's reader.
+
+Importing this module loads the reading, scoring and interpretation wings only, never the
+training or evaluation code.
 """
 
 from __future__ import annotations
@@ -12,14 +22,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.interpretation.analysis import AnalysisSettings, BodyPartResult, analyze
+import torch
+from pydicom.dataset import Dataset
+
+from model.interpretation.analysis import AnalysisSettings, analyze
+from model.interpretation.records import (
+    Coded,
+    FlagRecord,
+    FlagState,
+    RegionRecord,
+    VolumeRecord,
+    private_coding_scheme,
+    volume_record,
+)
 from model.reading.dicom import read_dicom_series, why_not_ct
 from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence
 from model.reading.volume import CTInputError
 from model.scoring.inference import BodyPartRegressor
 
-__all__ = ["DECODE_ERRORS", "READ_ERRORS", "BodyPartRegressor", "CTInputError", "SeriesAnalysis",
-           "analyze_series", "disguised_sequence", "why_not_ct"]
+__all__ = [
+    "DECODE_ERRORS", "READ_ERRORS", "CTInputError", "Coded", "FlagRecord", "FlagState", "Model",
+    "RegionRecord", "SeriesAnalysis", "VolumeRecord", "analyze_series", "disguised_sequence",
+    "load_model", "private_coding_scheme", "why_not_ct",
+]
+
+#: The loaded model, opaque to the node: made by :func:`load_model`, passed back to
+#: :func:`analyze_series`. It is safe to share between threads.
+Model = BodyPartRegressor
 
 #: Reasons quoted in full in the error of a series no file of which could be read; the rest
 #: are counted.
@@ -32,22 +61,46 @@ class SeriesAnalysis:
 
     Attributes
     ----------
-    results : tuple of BodyPartResult
+    volumes : tuple of VolumeRecord
         One per CT volume assembled from the files (normally one per series).
-    slice_sop_instance_uids : tuple of tuple of str
-        For each result, the SOP Instance UID of each slice, in the result's slice order
-        (feet → head); a multi-frame instance repeats its UID once per frame.
+    headers : tuple of pydicom.Dataset
+        The header (no pixel data) of every file that could be read, CT or not.
     read_errors : tuple of str
         One message per file or series the reader rejected (not fatal while some volume
         remains).
     """
 
-    results: tuple[BodyPartResult, ...]
-    slice_sop_instance_uids: tuple[tuple[str, ...], ...]
+    volumes: tuple[VolumeRecord, ...]
+    headers: tuple[Dataset, ...]
     read_errors: tuple[str, ...]
 
+    @property
+    def main_volume(self) -> VolumeRecord:
+        """The volume with the most slices: the one a series-level answer describes."""
+        return max(self.volumes, key=lambda v: v.n_slices)
 
-def analyze_series(paths: Sequence[Path], regressor: BodyPartRegressor | None = None,
+
+def load_model(weights: Path | None = None, threads: int = 0) -> Model:
+    """Load model weights once; the result serves every later :func:`analyze_series`.
+
+    Parameters
+    ----------
+    weights : Path, optional
+        A ``.pt`` file with its ``.json`` metadata beside it; default: the shipped model.
+    threads : int
+        CPU threads the scoring may use (0: torch's default). It is a process-wide setting.
+
+    Raises
+    ------
+    OSError, ValueError, RuntimeError
+        If the weights are missing, unreadable or do not fit the metadata.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    return BodyPartRegressor.load(weights) if weights else BodyPartRegressor.load()
+
+
+def analyze_series(paths: Sequence[Path], model: Model | None = None,
                    settings: AnalysisSettings | None = None) -> SeriesAnalysis:
     """Read DICOM files of one series and analyze every CT volume they hold.
 
@@ -55,8 +108,8 @@ def analyze_series(paths: Sequence[Path], regressor: BodyPartRegressor | None = 
     ----------
     paths : sequence of Path
         The files; values inside them are never used to build paths.
-    regressor : BodyPartRegressor, optional
-        Default: the shipped model, loaded once per process.
+    model : Model, optional
+        From :func:`load_model`; default: the shipped model, loaded once per process.
     settings : AnalysisSettings, optional
 
     Returns
@@ -71,9 +124,10 @@ def analyze_series(paths: Sequence[Path], regressor: BodyPartRegressor | None = 
     read = read_dicom_series(paths)
     if not read.volumes:
         raise CTInputError(_summarize_errors(read.errors) or "no readable CT image in the series")
-    results = tuple(analyze(volume, regressor, settings=settings) for volume in read.volumes)
-    uids = tuple(tuple(volume.sop_instance_uids) for volume in read.volumes)
-    return SeriesAnalysis(results=results, slice_sop_instance_uids=uids,
+    volumes = tuple(volume_record(analyze(volume, model, settings=settings),
+                                  tuple(volume.sop_instance_uids))
+                    for volume in read.volumes)
+    return SeriesAnalysis(volumes=volumes, headers=tuple(read.headers),
                           read_errors=tuple(read.errors))
 
 

@@ -1307,8 +1307,8 @@ def worker(index: Index, sandbox: Sandbox, regressor: BodyPartRegressor
     config = config_from_dict({"storage": {"root": str(sandbox.storage_root()),
                                            "min_free_bytes": 0},
                                "peers": [{"ae_title": "FUZZSCU"}]}, sandbox.base)
-    made = AnalysisWorker(index, FileStore(sandbox.storage_root()), config)
-    made._regressor = regressor  # the session's model: loaded once, not twice
+    # The session's model: loaded once, not twice.
+    made = AnalysisWorker(index, FileStore(sandbox.storage_root()), config, model=regressor)
     yield made
     made.shutdown()
 

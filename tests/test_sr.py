@@ -17,10 +17,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicom_node.config import SRConfig
-from dicom_node.sr import FLAG_CODES, REGION_CODES, REGION_FOUND, build_sr
-from model.api import SeriesAnalysis, analyze_series
-from model.interpretation.bodypart import REGIONS, dicom_terms, region_terms
-from model.interpretation.sanity import Anomaly, AnomalyCode, Severity
+from dicom_node.sr import REGION_FOUND, build_sr
+from model.api import FlagRecord, FlagState, SeriesAnalysis, analyze_series
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct
@@ -32,17 +30,23 @@ SETTINGS = SRConfig(series_number=9901, series_description="Body part regression
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A written series, its headers and the analysis of its files."""
+    """A written series and the analysis of its files."""
 
     paths: list[Path]
-    headers: list[pydicom.Dataset]
     analysis: SeriesAnalysis
+
+    @property
+    def headers(self) -> list[pydicom.Dataset]:
+        return list(self.analysis.headers)
 
 
 def analyzed(paths: Sequence[Path]) -> Source:
-    headers: list[pydicom.Dataset] = [pydicom.dcmread(p, stop_before_pixels=True)
-                                      for p in paths]
-    return Source(list(paths), headers, analyze_series(paths))
+    return Source(list(paths), analyze_series(paths))
+
+
+def with_headers(analysis: SeriesAnalysis, headers: Sequence[pydicom.Dataset]
+                 ) -> SeriesAnalysis:
+    return dataclasses.replace(analysis, headers=tuple(headers))
 
 
 @pytest.fixture(scope="module")
@@ -105,29 +109,13 @@ def referenced(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[str]:
     return [str(img.referenced_sop_instance_uid) for img in group.source_images]
 
 
-# --- code tables -------------------------------------------------------------------------
-
-
-def test_region_codes_are_the_models_cid_4031_terms() -> None:
-    assert set(REGION_CODES) == set(REGIONS)
-    for region, code in REGION_CODES.items():
-        term = dicom_terms()[region_terms()[(region,)][0]]
-        assert (code.value, code.scheme_designator, code.meaning) == (
-            term.snomed_code, term.scheme, term.snomed_meaning)
-
-
-def test_every_anomaly_code_has_a_flag_concept() -> None:
-    assert set(FLAG_CODES) == {c.value for c in AnomalyCode}
-    assert len({c.value for c in FLAG_CODES.values()}) == len(FLAG_CODES)
-
-
 # --- real series -------------------------------------------------------------------------
 
 
 @needs_data
 def test_sr_of_chest_abdomen_series(source: Source, tmp_path: Path) -> None:
-    sr = written(build_sr(source.analysis, source.headers, SETTINGS), tmp_path / "sr.dcm")
-    ct = source.headers[0]
+    sr = written(build_sr(source.analysis, SETTINGS), tmp_path / "sr.dcm")
+    ct = pydicom.dcmread(source.paths[0], stop_before_pixels=True)
     assert sr.StudyInstanceUID == ct.StudyInstanceUID
     assert sr.SeriesInstanceUID != ct.SeriesInstanceUID
     assert (sr.PatientID, sr.PatientName, sr.StudyID) == (ct.PatientID, ct.PatientName,
@@ -138,36 +126,38 @@ def test_sr_of_chest_abdomen_series(source: Source, tmp_path: Path) -> None:
     assert (sr.Manufacturer, sr.InstitutionName) == ("bpr-node", "Test Hospital")
     assert sr.content[0].ContentTemplateSequence[0].TemplateIdentifier == "1500"
 
-    result = source.analysis.results[0]
-    slice_uids = source.analysis.slice_sop_instance_uids[0]
-    regions = {r: v for r, v in result.regions.items() if v is not None}
+    volume = source.analysis.volumes[0]
+    slice_uids = volume.slice_sop_instance_uids
+    regions = {r.name: r for r in volume.regions}
     assert {"abdomen", "chest"} <= set(regions)  # what this volume shows
     by_label = groups(sr)
     assert set(by_label) == {*regions, "whole series"}
-    all_uids = {str(h.SOPInstanceUID) for h in source.headers}
-    for region, found in regions.items():
-        group = by_label[region]
-        assert [s.value for s in group.finding_sites] == [REGION_CODES[region]]
+    all_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                for p in source.paths}
+    for name, region in regions.items():
+        group = by_label[name]
+        assert [(s.value.value, s.value.scheme_designator) for s in group.finding_sites] == [
+            (region.code.value, region.code.scheme)]
         uids = referenced(group)
-        assert uids == list(dict.fromkeys(slice_uids[i] for i in found.indices))
+        assert uids == list(dict.fromkeys(slice_uids[i] for i in region.slice_indices))
         assert set(uids) <= all_uids
         values = {m.name.value: float(m.value) for m in group.get_measurements()}
-        assert values["BPR0001"] == pytest.approx(found.z_min_mm)
-        assert values["BPR0002"] == pytest.approx(found.z_max_mm)
-        assert values["BPR0005"] == len(found.indices)
-        assert found.score_range[0] < values["BPR0003"] <= values["BPR0004"]
-        assert values["BPR0004"] < found.score_range[1]
+        assert values["BPR0001"] == pytest.approx(region.z_min_mm)
+        assert values["BPR0002"] == pytest.approx(region.z_max_mm)
+        assert values["BPR0005"] == len(region.slice_indices)
+        assert region.min_score is not None and region.max_score is not None
+        assert values["BPR0003"] == pytest.approx(region.min_score)
+        assert values["BPR0004"] == pytest.approx(region.max_score)
 
     series = by_label["whole series"]
     assert set(referenced(series)) == all_uids
     flags = evaluations(series)
-    assert result.snomed is not None
-    assert flags[codes.DCM.TargetRegion.value] == result.snomed.snomed_code
+    assert volume.body_part_code is not None
+    assert flags[codes.DCM.TargetRegion.value] == volume.body_part_code.value
     assert flags[REGION_FOUND.value] == codes.SCT.Yes.value
-    present = {a.code.value for a in result.anomalies}
-    for code, concept in FLAG_CODES.items():
-        expected = codes.SCT.Yes if code in present else codes.SCT.No
-        assert flags[concept.value] == expected.value, code
+    for flag in volume.flags:
+        expected = codes.SCT.Yes if flag.name in volume.anomalies else codes.SCT.No
+        assert flags[flag.concept.value] == expected.value, flag.name
 
     evidence = {uid for _, _, uid, _ in sr.get_evidence()}
     assert evidence == all_uids
@@ -175,8 +165,8 @@ def test_sr_of_chest_abdomen_series(source: Source, tmp_path: Path) -> None:
 
 @needs_data
 def test_uids_are_deterministic(source: Source) -> None:
-    first = build_sr(source.analysis, source.headers, SETTINGS)
-    again = build_sr(source.analysis, list(reversed(source.headers)), SETTINGS)
+    first = build_sr(source.analysis, SETTINGS)
+    again = build_sr(with_headers(source.analysis, reversed(source.headers)), SETTINGS)
     assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (
         first.SeriesInstanceUID, first.SOPInstanceUID)
     assert again.ContentSequence == first.ContentSequence
@@ -184,15 +174,14 @@ def test_uids_are_deterministic(source: Source) -> None:
     # A new instance arrived: a new SR instance in the same SR series.
     extra = copy.deepcopy(source.headers[0])
     extra.SOPInstanceUID = generate_uid()
-    grown = build_sr(source.analysis, [*source.headers, extra], SETTINGS)
+    grown = build_sr(with_headers(source.analysis, [*source.headers, extra]), SETTINGS)
     assert grown.SeriesInstanceUID == first.SeriesInstanceUID
     assert grown.SOPInstanceUID != first.SOPInstanceUID
     assert grown.InstanceNumber == first.InstanceNumber + 1
 
     # Another model version: likewise; regions keep their tracking UIDs.
-    result = dataclasses.replace(source.analysis.results[0], model_version="other")
-    other = build_sr(dataclasses.replace(source.analysis, results=(result,)),
-                     source.headers, SETTINGS)
+    volume = dataclasses.replace(source.analysis.volumes[0], model_version="other")
+    other = build_sr(dataclasses.replace(source.analysis, volumes=(volume,)), SETTINGS)
     assert other.SeriesInstanceUID == first.SeriesInstanceUID
     assert other.SOPInstanceUID != first.SOPInstanceUID
     tracking = {g.tracking_identifier: g.tracking_uid for g in measurement_groups(first)}
@@ -202,16 +191,19 @@ def test_uids_are_deterministic(source: Source) -> None:
 
 @needs_data
 def test_flags_of_anomalies_and_undecided_checks(source: Source, tmp_path: Path) -> None:
-    anomalies = (Anomaly(AnomalyCode.DISCONTINUITY, Severity.WARNING, "jump", slices=(3, 4)),
-                 Anomaly(AnomalyCode.INVALID_Z_SPACING, Severity.ERROR, "spacing"))
-    result = dataclasses.replace(source.analysis.results[0], anomalies=anomalies,
-                                 reverse_z_ordering=None, valid_z_spacing=False, snomed=None)
-    analysis = dataclasses.replace(source.analysis, results=(result,))
-    sr = written(build_sr(analysis, source.headers, SETTINGS), tmp_path / "sr.dcm")
+    volume = source.analysis.volumes[0]
+    states: dict[str, FlagState] = {"discontinuity": "yes", "invalid_z_spacing": "yes",
+                                    "reversed_z_ordering": "undetermined"}
+    flags_in = tuple(FlagRecord(f.name, f.concept, states.get(f.name, "no"))
+                     for f in volume.flags)
+    withheld = dataclasses.replace(volume, flags=flags_in, body_part_examined=None,
+                                   body_part_code=None)
+    analysis = dataclasses.replace(source.analysis, volumes=(withheld,))
+    sr = written(build_sr(analysis, SETTINGS), tmp_path / "sr.dcm")
     flags = evaluations(groups(sr)["whole series"])
     assert codes.DCM.TargetRegion.value not in flags  # the term was withheld
     yes, no, undetermined = codes.SCT.Yes.value, codes.SCT.No.value, codes.SCT.Undetermined.value
-    assert {c: flags[FLAG_CODES[c].value] for c in FLAG_CODES} == {
+    assert {f.name: flags[f.concept.value] for f in volume.flags} == {
         "no_body": no, "not_ct_like": no, "out_of_scope": no,
         "reversed_z_ordering": undetermined, "invalid_z_spacing": yes,
         "discontinuity": yes, "too_few_slices": no}
@@ -219,24 +211,24 @@ def test_flags_of_anomalies_and_undecided_checks(source: Source, tmp_path: Path)
 
 @needs_data
 def test_no_region_found(empty_source: Source, tmp_path: Path) -> None:
-    result = empty_source.analysis.results[0]
-    assert all(r is None for r in result.regions.values())
-    sr = written(build_sr(empty_source.analysis, empty_source.headers, SETTINGS),
-                 tmp_path / "sr.dcm")
+    volume = empty_source.analysis.volumes[0]
+    assert volume.regions == ()
+    sr = written(build_sr(empty_source.analysis, SETTINGS), tmp_path / "sr.dcm")
     by_label = groups(sr)
     assert list(by_label) == ["whole series"]
     flags = evaluations(by_label["whole series"])
     assert codes.DCM.TargetRegion.value not in flags
     assert flags[REGION_FOUND.value] == codes.SCT.No.value
-    assert flags[FLAG_CODES["no_body"].value] == codes.SCT.Yes.value
-    assert flags[FLAG_CODES["reversed_z_ordering"].value] == codes.SCT.Undetermined.value
+    concepts = {f.name: f.concept.value for f in volume.flags}
+    assert flags[concepts["no_body"]] == codes.SCT.Yes.value
+    assert flags[concepts["reversed_z_ordering"]] == codes.SCT.Undetermined.value
     assert len(referenced(by_label["whole series"])) == len(empty_source.headers)
 
 
 @needs_data
 def test_enhanced_ct_is_referenced_once(volume: CTVolume, tmp_path: Path) -> None:
     enhanced = analyzed([write_enhanced_ct(volume, tmp_path / "enhanced.dcm")])
-    sr = written(build_sr(enhanced.analysis, enhanced.headers, SETTINGS), tmp_path / "sr.dcm")
+    sr = written(build_sr(enhanced.analysis, SETTINGS), tmp_path / "sr.dcm")
     uid = str(enhanced.headers[0].SOPInstanceUID)
     for group in groups(sr).values():
         assert referenced(group) == [uid]
@@ -247,9 +239,9 @@ def test_rejects_headers_of_other_series(source: Source) -> None:
     stranger = copy.deepcopy(source.headers[0])
     stranger.SeriesInstanceUID = generate_uid()
     with pytest.raises(ValueError, match="one series"):
-        build_sr(source.analysis, [*source.headers, stranger], SETTINGS)
+        build_sr(with_headers(source.analysis, [*source.headers, stranger]), SETTINGS)
     with pytest.raises(ValueError, match="not among the headers"):
-        build_sr(source.analysis, source.headers[1:], SETTINGS)
+        build_sr(with_headers(source.analysis, source.headers[1:]), SETTINGS)
 
 
 @needs_data
@@ -258,6 +250,6 @@ def test_headers_without_type_2_attributes(source: Source, tmp_path: Path) -> No
     for h in headers:
         del h.AccessionNumber, h.PatientBirthDate, h.StudyID
     before = copy.deepcopy(headers)
-    sr = written(build_sr(source.analysis, headers, SETTINGS), tmp_path / "sr.dcm")
+    sr = written(build_sr(with_headers(source.analysis, headers), SETTINGS), tmp_path / "sr.dcm")
     assert (sr.AccessionNumber, sr.StudyID) == ("", "")
     assert headers == before  # the caller's headers are left as they were

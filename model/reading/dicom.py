@@ -55,6 +55,8 @@ _DECODE_FAILURES: tuple[type[BaseException], ...] = (*DECODE_ERRORS, MemoryError
 
 Vector = npt.NDArray[np.float64]
 
+_PIXEL_DATA = 0x7FE00010
+
 
 @dataclass
 class DicomReadResult:
@@ -62,6 +64,9 @@ class DicomReadResult:
 
     volumes: list[CTVolume] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Header (no pixel data) of every file that was read, CT or not, in reading order: what
+    #: a report on these files references, so that no caller reads them a second time.
+    headers: list[Dataset] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -162,6 +167,7 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
             _reject_disguised_sequences(ds)
             if _sop_class(ds) == MediaStorageDirectoryStorage:
                 continue
+            result.headers.append(_without_pixels(ds))
             frames = _frames(path, pixels, ds)
             uid = str(ds.get("SeriesInstanceUID") or "") or None
             # Anonymised files may lack the UID; fall back to what separates series.
@@ -200,6 +206,20 @@ _SCALAR_KEYWORDS = (
     "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "RescaleSlope",
     "RescaleIntercept", "PixelPaddingValue", "BitsAllocated", "PixelRepresentation",
 )
+
+
+def _without_pixels(ds: Dataset) -> Dataset:
+    """``ds`` up to its pixel data, sharing its still undecoded elements (no copy of values).
+
+    Raw elements carry their own transfer syntax, so the header decodes like the original.
+    """
+    header = Dataset({tag: element for tag, element in ds.items() if tag < _PIXEL_DATA})
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        header.file_meta = meta
+    implicit_vr, little_endian = ds.original_encoding
+    header.set_original_encoding(implicit_vr, little_endian, ds.original_character_set)
+    return header
 
 
 def why_not_ct(ds: Dataset) -> str | None:
