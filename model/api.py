@@ -35,7 +35,8 @@ from model.interpretation.records import (
     private_coding_scheme,
     volume_record,
 )
-from model.reading.dicom import read_dicom_series, why_not_ct
+from model.reading.dicom import read_dicom_series
+from model.reading.dicom_frames import why_not_ct
 from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence
 from model.reading.volume import CTInputError
 from model.scoring.inference import BodyPartRegressor

@@ -30,5 +30,5 @@ def regressor() -> BodyPartRegressor:
                if k not in reg.meta.statistics]
     if missing:
         pytest.skip(f"{weights.with_suffix('.json')} lacks statistics {missing} "
-                    "(model.interpretation.analysis.postprocessing_statistics)")
+                    "(model.evaluation.curve_statistics.postprocessing_statistics)")
     return reg

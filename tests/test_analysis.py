@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model.evaluation.curve_statistics import postprocessing_statistics
 from model.evaluation.evaluate import EvalItem, read_manifest
 from model.evaluation.term_check import term_agrees_with_regions
 from model.interpretation.analysis import (
@@ -18,7 +19,6 @@ from model.interpretation.analysis import (
     BodyPartResult,
     analyze,
     interpret,
-    postprocessing_statistics,
 )
 from model.interpretation.bodypart import CS_PATTERN, dicom_terms
 from model.interpretation.postprocess import ScoreCurve

@@ -1052,7 +1052,8 @@ def check_series_analysis(paths: Sequence[Path], regressor: BodyPartRegressor,
             analysis = analyze_series(paths, regressor)
     except CTInputError:
         return "CTInputError"
-    assert analysis.results and len(analysis.results) == len(analysis.slice_sop_instance_uids)
+    assert analysis.volumes
+    assert all(len(v.slice_sop_instance_uids) == v.n_slices for v in analysis.volumes)
     assert sandbox.files() == [], "analysis wrote files"
     return "analyzed"
 

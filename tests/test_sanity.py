@@ -8,6 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.evaluation.curve_statistics import (
+    calibrate_slope_ratio_range,
+    calibrate_slope_threshold,
+    slope_statistics,
+    typical_slopes,
+)
 from model.evaluation.evaluate import read_manifest
 from model.evaluation.term_check import variant
 from model.interpretation.analysis import (
@@ -20,8 +26,6 @@ from model.interpretation.sanity import (
     AnomalyCode,
     DiscontinuitySettings,
     Severity,
-    calibrate_slope_ratio_range,
-    calibrate_slope_threshold,
     check_slope,
     ct_content_anomaly,
     find_discontinuities,
@@ -29,8 +33,6 @@ from model.interpretation.sanity import (
     ratio_range_from_threshold,
     scope_anomaly,
     slope_anomalies,
-    slope_statistics,
-    typical_slopes,
 )
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume

@@ -7,15 +7,16 @@ BodyPartExamined term (:mod:`~model.interpretation.bodypart`).
 :meth:`BodyPartResult.to_json_dict` gives strict JSON (no NaN) with bpreg's keys of
 thesis table 4.7 plus ours; ``model/schema/bpr-result.schema.json`` describes it.
 
-:func:`postprocessing_statistics` measures, on training curves, what the model JSON must
-carry for this: ``tangential_slope``, ``slope_per_mm`` and ``slope_ratio_threshold``.
+The model JSON carries what the checks need (``tangential_slope``, ``slope_per_mm``,
+``slope_ratio_range``), measured on training curves by
+:mod:`model.evaluation.curve_statistics`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, TypeGuard
 
@@ -41,12 +42,8 @@ from model.interpretation.postprocess import (
     CleanedScores,
     IntVector,
     PostprocessSettings,
-    ScoreCurve,
     body_pixel_counts,
     clean_scores,
-    cleaned_curves,
-    fitted_slope,
-    tangential_slope_quantiles,
 )
 from model.interpretation.sanity import (
     DEFAULT_SLOPE_RATIO_THRESHOLD,
@@ -54,8 +51,6 @@ from model.interpretation.sanity import (
     DiscontinuitySettings,
     Severity,
     SlopeCheck,
-    calibrate_slope_ratio_range,
-    calibrate_slope_threshold,
     check_slope,
     ct_content_anomaly,
     discontinuity_anomalies,
@@ -64,8 +59,6 @@ from model.interpretation.sanity import (
     ratio_range_from_threshold,
     scope_anomaly,
     slope_anomalies,
-    slope_statistics,
-    typical_slopes,
 )
 from model.interpretation.strict_json import jsonable
 from model.reading.volume import CTVolume
@@ -382,55 +375,3 @@ def _settings_dict(settings: AnalysisSettings, cleaned: CleanedScores,
         "region_boundaries": describe_boundaries(settings.region_boundaries),
         "discontinuity": asdict(settings.discontinuity),
     }
-
-
-# --- model statistics ---------------------------------------------------------------------
-
-
-def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
-                              empty_slice_score: float | None,
-                              settings: PostprocessSettings | None = None) -> dict[str, Any]:
-    """Statistics the model JSON needs for :func:`analyze`, from training curves.
-
-    1. Clean every curve without tail removal and keep the typical ones (slope within
-       [½, 2] × the median; :func:`model.interpretation.sanity.typical_slopes`).
-    2. ``tangential_slope``: 0.5 % / 99.5 % quantiles of eq. 4.17 over those (thesis).
-    3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s).
-    4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio|, halfway in log space
-       between the typical ratio of the curves as stored and the same ratio with the
-       z-spacing scaled by 2 and 0.5
-       (:func:`model.interpretation.sanity.calibrate_slope_ratio_range`), and the thesis' single
-       ``slope_ratio_threshold`` θ (:func:`model.interpretation.sanity.calibrate_slope_threshold`).
-
-    Parameters
-    ----------
-    curves : sequence of ScoreCurve
-        Training volumes on the calibrated scale
-        (:func:`model.interpretation.postprocess.curves_from_volume_scores`).
-    empty_slice_score : float or None
-        ``statistics["empty_slice_score"]`` on the same scale.
-    settings : PostprocessSettings, optional
-        Must match inference (σ, body area).
-
-    Returns
-    -------
-    dict
-        ``{"tangential_slope": {...}, "slope_per_mm": {...}, "slope_ratio_range": [lo, hi],
-        "slope_ratio_threshold": θ}`` to merge into ``ModelMeta.statistics``.
-    """
-    settings = settings or PostprocessSettings()
-    base: dict[str, Any] = {"empty_slice_score": empty_slice_score}
-    untailed = cleaned_curves(curves, base, replace(settings, remove_tails=False))
-    slopes = np.array([fitted_slope(c.z_mm, c.scores) or math.nan for c in untailed])
-    typical = set(typical_slopes(slopes[np.isfinite(slopes)]).tolist())
-    chosen = [c for c, m in zip(curves, slopes, strict=True) if m in typical]
-    tangential = tangential_slope_quantiles(chosen, empty_slice_score=empty_slice_score,
-                                            sigma_mm=settings.smoothing_sigma_mm)
-    full = cleaned_curves(curves, {**base, "tangential_slope": tangential}, settings)
-    slope = slope_statistics(full)
-    expected = float(slope["mean"])
-    lo, hi = calibrate_slope_ratio_range(full, expected)
-    threshold = calibrate_slope_threshold(full, expected)
-    return {"tangential_slope": tangential, "slope_per_mm": slope,
-            "slope_ratio_range": [round(lo, 4), round(hi, 4)],
-            "slope_ratio_threshold": round(threshold, 4)}

@@ -5,11 +5,12 @@
   flat to have a meaningful sign).
 * **z-spacing**: slope ratio r = observed slope / expected slope (eq. 4.19); the expected
   spacing is spacing · |r| (eq. 4.21). The thesis calls the spacing valid when
-  γ = |1 − |r|| (eq. 4.20) stays within a threshold θ (:func:`calibrate_slope_threshold`).
+  γ = |1 − |r|| (eq. 4.20) stays within a threshold θ (``calibrate_slope_threshold`` in
+  :mod:`model.evaluation.curve_statistics`).
   A band symmetric around 1 cannot work for us: on the training curves |r| spans
   0.65 … 1.13, so a ×0.5 header error of the flattest curve (|r| = 1.31) lies closer to 1
   than that curve as stored. We therefore calibrate the valid range [r_lo, r_hi] of |r| on
-  each side separately (:func:`calibrate_slope_ratio_range`) and fall back to 1 ± θ only
+  each side separately (``calibrate_slope_ratio_range``, same module) and fall back to 1 ± θ only
   for models without it.
 * **discontinuities**: jumps of the raw score between neighbouring slices that the local
   slope and noise cannot explain and that persist (a level shift, not one odd slice), as
@@ -23,7 +24,7 @@ result cannot be trusted (no DICOM term is given); "warning" means the term stan
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -40,10 +41,6 @@ from model.interpretation.postprocess import (
 
 #: Scaling factors of the header z-spacing that the z-spacing check must detect.
 DETECT_FACTORS: tuple[float, ...] = (2.0, 0.5)
-#: Curves whose slope lies outside [1/k, k] × the median training slope are left out of
-#: the slope statistics: the model cannot place their slices (small limb crops in our data)
-#: or their header is wrong, and either would bias the expected slope.
-SLOPE_OUTLIER_FACTOR = 2.0
 #: bpreg's threshold θ, used only when the model has none.
 DEFAULT_SLOPE_RATIO_THRESHOLD = 0.28
 #: Fewest cleaned slices for a slope fit.
@@ -424,127 +421,3 @@ def scope_anomaly(cleaned: CleanedScores, score_range: tuple[float, float]) -> A
                        "show anatomy the model knows",
                        details={"min_score": float(s.min()), "table_max": hi})
     return None
-
-
-# --- model statistics ---------------------------------------------------------------------
-
-
-def _curve_slopes(curves: Iterable[CleanedScores]) -> FloatVector:
-    slopes = [fitted_slope(c.z_mm, c.scores) for c in curves
-              if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
-    return np.array([m for m in slopes if m is not None], dtype=np.float64)
-
-
-def typical_slopes(slopes: npt.ArrayLike, factor: float = SLOPE_OUTLIER_FACTOR) -> FloatVector:
-    """Slopes within [median / factor, median · factor] (see :data:`SLOPE_OUTLIER_FACTOR`)."""
-    m = np.asarray(slopes, dtype=np.float64)
-    med = float(np.median(m)) if m.size else math.nan
-    if not med > 0:
-        return np.zeros(0)
-    kept: FloatVector = m[(m >= med / factor) & (m <= med * factor)]
-    return kept
-
-
-def slope_statistics(curves: Iterable[CleanedScores]) -> dict[str, float | int]:
-    """``statistics["slope_per_mm"]`` from cleaned training curves (thesis §4.3).
-
-    A line is fitted to each cleaned curve against patient z; slopes of atypical curves
-    (:func:`typical_slopes`) are left out.
-
-    Returns
-    -------
-    dict
-        ``n``, ``mean`` (the expected slope m̄_s), ``sd``, ``q05``, ``median``, ``q95`` and
-        ``n_excluded``.
-
-    Raises
-    ------
-    ValueError
-        If no curve has enough cleaned slices.
-    """
-    all_slopes = _curve_slopes(curves)
-    m = typical_slopes(all_slopes)
-    if m.size == 0:
-        raise ValueError("no cleaned curve with a positive typical slope")
-    return {"n": int(m.size), "mean": float(m.mean()),
-            "sd": float(m.std(ddof=1)) if m.size > 1 else 0.0,
-            "q05": float(np.quantile(m, 0.05)), "median": float(np.median(m)),
-            "q95": float(np.quantile(m, 0.95)), "n_excluded": int(all_slopes.size - m.size)}
-
-
-def _typical_ratios(curves: Iterable[CleanedScores], expected_slope: float) -> FloatVector:
-    if not expected_slope > 0:
-        raise ValueError(f"expected slope must be positive, got {expected_slope}")
-    ratios = typical_slopes(_curve_slopes(curves)) / expected_slope
-    if ratios.size == 0:
-        raise ValueError("no cleaned curve with a positive typical slope")
-    return ratios
-
-
-def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope: float,
-                                factors: Sequence[float] = DETECT_FACTORS
-                                ) -> tuple[float, float]:
-    """Valid range [r_lo, r_hi] of |r| for the z-spacing check, from training curves.
-
-    The check decides between two hypotheses per series: the header spacing is right
-    (|r| near the typical training ratio c), or it is off by a factor f (|r| near c / f).
-    Both spread alike in log |r| (patient size, model error), so the decision boundary
-    lies halfway between them in log space: r_lo = c / √f for the nearest f > 1 and
-    r_hi = c / √f for the nearest f < 1, with c the median of the typical training
-    ratios. Unlike a cut fitted to the extremes, this does not move with a few curves the
-    model cannot place (limb crops flatten the low end of our training ratios): a
-    brain CT whose curve is 35 % steeper than average still passes, while a
-    halved or doubled spacing of any curve within √2 of c is caught.
-
-    Parameters
-    ----------
-    curves : iterable of CleanedScores
-        Training curves on the calibrated scale.
-    expected_slope : float
-        m̄_s from :func:`slope_statistics`.
-    factors : sequence of float
-        Header spacing errors to detect (×2 and ×0.5).
-
-    Raises
-    ------
-    ValueError
-        If no typical curve exists or ``expected_slope`` is not positive.
-    """
-    ratios = np.abs(_typical_ratios(curves, expected_slope))
-    centre = float(np.exp(np.median(np.log(ratios))))
-    above = [f for f in factors if f > 1]
-    below = [f for f in factors if 0 < f < 1]
-    lo = centre / math.sqrt(min(above)) if above else 0.0
-    hi = centre / math.sqrt(max(below)) if below else math.inf
-    return lo, hi
-
-
-def calibrate_slope_threshold(curves: Iterable[CleanedScores], expected_slope: float,
-                              factors: Sequence[float] = DETECT_FACTORS) -> float:
-    """The thesis' θ (γ = |1 − |r|| ≤ θ) from training curves.
-
-    Each typical curve gives γ as stored (must pass) and with its z-spacing scaled by
-    each of ``factors`` (must fail); θ is the middle of the widest gap among the cuts with
-    the fewest misclassified curves. Kept for the thesis' rule and bpreg-style output;
-    :func:`calibrate_slope_ratio_range` separates better.
-
-    Raises
-    ------
-    ValueError
-        If no typical curve exists or ``expected_slope`` is not positive.
-    """
-    ratios = np.abs(_typical_ratios(curves, expected_slope))
-    good = np.abs(1.0 - ratios)
-    bad = np.concatenate([np.abs(1.0 - ratios / f) for f in factors])
-    return _best_split(good, bad)
-
-
-def _best_split(good: FloatVector, bad: FloatVector) -> float:
-    """Threshold t (good ≤ t < bad) with fewest errors, in the widest gap between values."""
-    values = np.unique(np.concatenate([good, bad]))
-    if values.size == 1:
-        return float(values[0])
-    cuts = (values[:-1] + values[1:]) / 2
-    errors = np.array([(good > t).sum() + (bad <= t).sum() for t in cuts])
-    best = np.flatnonzero(errors == errors.min())
-    return float(cuts[best[np.argmax(np.diff(values)[best])]])

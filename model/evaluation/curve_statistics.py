@@ -1,0 +1,205 @@
+"""Post-processing statistics the model stores with its weights, measured on training curves.
+
+:func:`postprocessing_statistics` cleans the score curves of the training volumes and
+measures what :func:`~model.interpretation.analysis.analyze` reads back from the model's
+JSON: the tangential-slope quantiles of tail removal, the expected slope per mm, and the
+valid slope-ratio range of the z-spacing check (:func:`calibrate_slope_ratio_range`;
+the thesis' single threshold θ, :func:`calibrate_slope_threshold`, is stored beside it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from model.interpretation.postprocess import (
+    CleanedScores,
+    FloatVector,
+    PostprocessSettings,
+    ScoreCurve,
+    cleaned_curves,
+    fitted_slope,
+    tangential_slope_quantiles,
+)
+from model.interpretation.sanity import DETECT_FACTORS, MIN_SLICES_FOR_SLOPE
+
+#: Curves whose slope lies outside [1/k, k] × the median training slope are left out of
+#: the slope statistics: the model cannot place their slices (small limb crops in our data)
+#: or their header is wrong, and either would bias the expected slope.
+SLOPE_OUTLIER_FACTOR = 2.0
+
+
+def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
+                              empty_slice_score: float | None,
+                              settings: PostprocessSettings | None = None) -> dict[str, Any]:
+    """Statistics the model JSON needs for :func:`~model.interpretation.analysis.analyze`,
+    from training curves.
+
+    1. Clean every curve without tail removal and keep the typical ones (slope within
+       [½, 2] × the median; :func:`typical_slopes`).
+    2. ``tangential_slope``: 0.5 % / 99.5 % quantiles of eq. 4.17 over those (thesis).
+    3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s).
+    4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio|, halfway in log space
+       between the typical ratio of the curves as stored and the same ratio with the
+       z-spacing scaled by 2 and 0.5
+       (:func:`calibrate_slope_ratio_range`), and the thesis' single
+       ``slope_ratio_threshold`` θ (:func:`calibrate_slope_threshold`).
+
+    Parameters
+    ----------
+    curves : sequence of ScoreCurve
+        Training volumes on the calibrated scale
+        (:func:`model.interpretation.postprocess.curves_from_volume_scores`).
+    empty_slice_score : float or None
+        ``statistics["empty_slice_score"]`` on the same scale.
+    settings : PostprocessSettings, optional
+        Must match inference (σ, body area).
+
+    Returns
+    -------
+    dict
+        ``{"tangential_slope": {...}, "slope_per_mm": {...}, "slope_ratio_range": [lo, hi],
+        "slope_ratio_threshold": θ}`` to merge into ``ModelMeta.statistics``.
+    """
+    settings = settings or PostprocessSettings()
+    base: dict[str, Any] = {"empty_slice_score": empty_slice_score}
+    untailed = cleaned_curves(curves, base, replace(settings, remove_tails=False))
+    slopes = np.array([fitted_slope(c.z_mm, c.scores) or math.nan for c in untailed])
+    typical = set(typical_slopes(slopes[np.isfinite(slopes)]).tolist())
+    chosen = [c for c, m in zip(curves, slopes, strict=True) if m in typical]
+    tangential = tangential_slope_quantiles(chosen, empty_slice_score=empty_slice_score,
+                                            sigma_mm=settings.smoothing_sigma_mm)
+    full = cleaned_curves(curves, {**base, "tangential_slope": tangential}, settings)
+    slope = slope_statistics(full)
+    expected = float(slope["mean"])
+    lo, hi = calibrate_slope_ratio_range(full, expected)
+    threshold = calibrate_slope_threshold(full, expected)
+    return {"tangential_slope": tangential, "slope_per_mm": slope,
+            "slope_ratio_range": [round(lo, 4), round(hi, 4)],
+            "slope_ratio_threshold": round(threshold, 4)}
+
+
+def _curve_slopes(curves: Iterable[CleanedScores]) -> FloatVector:
+    slopes = [fitted_slope(c.z_mm, c.scores) for c in curves
+              if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
+    return np.array([m for m in slopes if m is not None], dtype=np.float64)
+
+
+def typical_slopes(slopes: npt.ArrayLike, factor: float = SLOPE_OUTLIER_FACTOR) -> FloatVector:
+    """Slopes within [median / factor, median · factor] (see :data:`SLOPE_OUTLIER_FACTOR`)."""
+    m = np.asarray(slopes, dtype=np.float64)
+    med = float(np.median(m)) if m.size else math.nan
+    if not med > 0:
+        return np.zeros(0)
+    kept: FloatVector = m[(m >= med / factor) & (m <= med * factor)]
+    return kept
+
+
+def slope_statistics(curves: Iterable[CleanedScores]) -> dict[str, float | int]:
+    """``statistics["slope_per_mm"]`` from cleaned training curves (thesis §4.3).
+
+    A line is fitted to each cleaned curve against patient z; slopes of atypical curves
+    (:func:`typical_slopes`) are left out.
+
+    Returns
+    -------
+    dict
+        ``n``, ``mean`` (the expected slope m̄_s), ``sd``, ``q05``, ``median``, ``q95`` and
+        ``n_excluded``.
+
+    Raises
+    ------
+    ValueError
+        If no curve has enough cleaned slices.
+    """
+    all_slopes = _curve_slopes(curves)
+    m = typical_slopes(all_slopes)
+    if m.size == 0:
+        raise ValueError("no cleaned curve with a positive typical slope")
+    return {"n": int(m.size), "mean": float(m.mean()),
+            "sd": float(m.std(ddof=1)) if m.size > 1 else 0.0,
+            "q05": float(np.quantile(m, 0.05)), "median": float(np.median(m)),
+            "q95": float(np.quantile(m, 0.95)), "n_excluded": int(all_slopes.size - m.size)}
+
+
+def _typical_ratios(curves: Iterable[CleanedScores], expected_slope: float) -> FloatVector:
+    if not expected_slope > 0:
+        raise ValueError(f"expected slope must be positive, got {expected_slope}")
+    ratios = typical_slopes(_curve_slopes(curves)) / expected_slope
+    if ratios.size == 0:
+        raise ValueError("no cleaned curve with a positive typical slope")
+    return ratios
+
+
+def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope: float,
+                                factors: Sequence[float] = DETECT_FACTORS
+                                ) -> tuple[float, float]:
+    """Valid range [r_lo, r_hi] of |r| for the z-spacing check, from training curves.
+
+    The check decides between two hypotheses per series: the header spacing is right
+    (|r| near the typical training ratio c), or it is off by a factor f (|r| near c / f).
+    Both spread alike in log |r| (patient size, model error), so the decision boundary
+    lies halfway between them in log space: r_lo = c / √f for the nearest f > 1 and
+    r_hi = c / √f for the nearest f < 1, with c the median of the typical training
+    ratios. Unlike a cut fitted to the extremes, this does not move with a few curves the
+    model cannot place (limb crops flatten the low end of our training ratios): a
+    brain CT whose curve is 35 % steeper than average still passes, while a
+    halved or doubled spacing of any curve within √2 of c is caught.
+
+    Parameters
+    ----------
+    curves : iterable of CleanedScores
+        Training curves on the calibrated scale.
+    expected_slope : float
+        m̄_s from :func:`slope_statistics`.
+    factors : sequence of float
+        Header spacing errors to detect (×2 and ×0.5).
+
+    Raises
+    ------
+    ValueError
+        If no typical curve exists or ``expected_slope`` is not positive.
+    """
+    ratios = np.abs(_typical_ratios(curves, expected_slope))
+    centre = float(np.exp(np.median(np.log(ratios))))
+    above = [f for f in factors if f > 1]
+    below = [f for f in factors if 0 < f < 1]
+    lo = centre / math.sqrt(min(above)) if above else 0.0
+    hi = centre / math.sqrt(max(below)) if below else math.inf
+    return lo, hi
+
+
+def calibrate_slope_threshold(curves: Iterable[CleanedScores], expected_slope: float,
+                              factors: Sequence[float] = DETECT_FACTORS) -> float:
+    """The thesis' θ (γ = |1 − |r|| ≤ θ) from training curves.
+
+    Each typical curve gives γ as stored (must pass) and with its z-spacing scaled by
+    each of ``factors`` (must fail); θ is the middle of the widest gap among the cuts with
+    the fewest misclassified curves. Kept for the thesis' rule and bpreg-style output;
+    :func:`calibrate_slope_ratio_range` separates better.
+
+    Raises
+    ------
+    ValueError
+        If no typical curve exists or ``expected_slope`` is not positive.
+    """
+    ratios = np.abs(_typical_ratios(curves, expected_slope))
+    good = np.abs(1.0 - ratios)
+    bad = np.concatenate([np.abs(1.0 - ratios / f) for f in factors])
+    return _best_split(good, bad)
+
+
+def _best_split(good: FloatVector, bad: FloatVector) -> float:
+    """Threshold t (good ≤ t < bad) with fewest errors, in the widest gap between values."""
+    values = np.unique(np.concatenate([good, bad]))
+    if values.size == 1:
+        return float(values[0])
+    cuts = (values[:-1] + values[1:]) / 2
+    errors = np.array([(good > t).sum() + (bad <= t).sum() for t in cuts])
+    best = np.flatnonzero(errors == errors.min())
+    return float(cuts[best[np.argmax(np.diff(values)[best])]])
