@@ -10,6 +10,7 @@ WORKDIR /opt/bpr
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY dicom_node ./dicom_node
+COPY bpr ./bpr
 # CPU build of torch: the node needs no GPU (≈1 s per 500-slice series on 4 cores).
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install --no-cache-dir .
