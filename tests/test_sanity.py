@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.evaluation.evaluate import read_manifest
+from model.evaluation.manifest import read_manifest
 from model.evaluation.term_check import variant
 from model.interpretation.analysis import (
     BodyPartResult,

@@ -179,13 +179,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from model.cli.output import write_json
     from model.evaluation.calibration import model_statistics, write_calibration
-    from model.evaluation.evaluate import (
-        evaluate_scores,
-        load_regressor,
-        read_manifest,
-        score_items,
-        z_test,
-    )
+    from model.evaluation.evaluate import evaluate_scores, load_regressor, score_items
+    from model.evaluation.manifest import read_manifest
+    from model.evaluation.metrics import z_test
 
     if args.threads:
         torch.set_num_threads(args.threads)
