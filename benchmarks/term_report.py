@@ -18,7 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
-from model.evaluation.evaluate import EvalItem, read_manifest
+from model.evaluation.manifest import EvalItem, read_manifest
 from model.evaluation.term_check import term_agrees_with_regions, variant
 from model.interpretation.analysis import BodyPartResult, score_with_content
 from model.paths import shared_data_dir

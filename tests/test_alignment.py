@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from model.cli.align import add_align_command
 from model.evaluation.landmarks import landmarks_for_volume, read_label_map
 from model.paths import DEFAULT_WEIGHTS
 from model.reading.nifti import read_nifti
@@ -18,7 +19,6 @@ from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor
 from model.tools.alignment import (
     ScoreProfile,
-    add_align_command,
     align_l1,
     align_three_slice,
     end_slope,

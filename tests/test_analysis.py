@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model.evaluation.curve_statistics import postprocessing_statistics
-from model.evaluation.evaluate import EvalItem, read_manifest
+from model.evaluation.manifest import EvalItem, read_manifest
 from model.evaluation.term_check import term_agrees_with_regions
 from model.interpretation.analysis import (
     SCHEMA_VERSION,

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from model.cli.crop import add_crop_command
 from model.evaluation.landmarks import landmarks_for_volume, read_label_map
 from model.interpretation.bodypart import PUBLISHED_REFERENCE
 from model.interpretation.postprocess import CleanedScores
@@ -18,17 +19,14 @@ from model.reading.load import load_volumes
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor, ModelMeta
+from model.tools.crop_outputs import filter_mask, uids_in_range, write_cropped_nifti
 from model.tools.cropping import (
     CropRange,
-    add_crop_command,
     crop_range,
-    filter_mask,
     known_range_from_landmarks,
     known_range_from_scores,
     known_range_from_training,
     score_and_clean,
-    uids_in_range,
-    write_cropped_nifti,
 )
 
 #: Score units the landmark range is widened by before checking that the anatomy is kept:

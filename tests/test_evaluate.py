@@ -9,30 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluation.evaluate import (
+from model.evaluation.evaluate import VolumeScores, evaluate, evaluate_scores
+from model.evaluation.lung_landmarks import lung_landmarks_from_ct
+from model.evaluation.manifest import EvalItem, read_manifest, region_group
+from model.evaluation.metrics import (
     CLASS_NAMES,
     NO_CLASS,
     CalibrationError,
-    EvalItem,
     LandmarkReference,
     LmseSummary,
-    VolumeScores,
     accuracy_summary,
     calibrate,
-    evaluate,
-    evaluate_scores,
     monotonicity,
     normalization_constant,
-    read_manifest,
     reference_table,
-    region_group,
     score_classes,
     summarize_lmse,
     truth_classes,
     volume_lmse,
     z_test,
 )
-from model.evaluation.landmarks import lung_landmarks_from_ct
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor, ModelMeta, SliceScores
 from model.scoring.network import SliceScoreNet

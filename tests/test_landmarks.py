@@ -13,11 +13,10 @@ from model.evaluation.landmarks import (
     MIN_STRUCTURE_VOXELS,
     landmarks_for_volume,
     landmarks_from_labels,
-    lung_landmarks_from_ct,
-    lung_profile,
     read_label_map,
     volume_landmarks,
 )
+from model.evaluation.lung_landmarks import lung_landmarks_from_ct, lung_profile
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from tests.shared import DATA, needs_data

@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from model.evaluation.evaluate import (
-    EvalItem,
-    LandmarkReference,
-    VolumeScores,
-    read_manifest,
-    score_items,
-    volume_lmse,
-)
+from model.evaluation.evaluate import VolumeScores, score_items
+from model.evaluation.manifest import EvalItem, read_manifest
+from model.evaluation.metrics import LandmarkReference, volume_lmse
 from model.paths import DEFAULT_WEIGHTS
 from model.scoring.inference import BodyPartRegressor
 

@@ -14,7 +14,7 @@ from model.evaluation.curve_statistics import (
     slope_statistics,
     typical_slopes,
 )
-from model.evaluation.evaluate import read_manifest
+from model.evaluation.manifest import read_manifest
 from model.evaluation.term_check import variant
 from model.interpretation.analysis import (
     BodyPartResult,

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from model.evaluation.curve_statistics import postprocessing_statistics
-from model.evaluation.evaluate import EvaluationReport, VolumeScores
+from model.evaluation.evaluate import VolumeScores
+from model.evaluation.report import EvaluationReport
 from model.interpretation.postprocess import curves_from_volume_scores
 from model.scoring import preprocess
 from model.scoring.inference import BodyPartRegressor, ModelMeta

@@ -30,24 +30,22 @@ its error grows with the gap, as the score is not linear in mm: with the shipped
 ssbr-82565a5f156b, gaps of 25-100 mm cut out of 23 real scans were bridged with a median
 error of 12-14 mm (28 % of the gap), the worst 70-80 mm. Treat such an offset as a
 starting point, not a registration.
+
+The ``bpr align`` command is :mod:`model.cli.align`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from model.interpretation.postprocess import BODY_HU, MIN_BODY_AREA_MM2
-from model.reading.volume import CTInputError, CTVolume
+from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor
 from model.scoring.preprocess import preprocess_slices
 from model.tools.cropping import score_and_clean
@@ -464,57 +462,3 @@ def prealign(fixed: CTVolume, moving: CTVolume, regressor: BodyPartRegressor,
                                  slope_per_mm=slope,
                                  moving_extent=(float(z_body[0]), float(z_body[-1])))
     return align_l1(curve, score_profile(moving, regressor), slope_per_mm=slope)
-
-
-# --- command line --------------------------------------------------------------------------
-
-
-def add_align_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``bpr align`` (z prealignment of two scans) on the ``bpr`` subparsers."""
-    from model.paths import DEFAULT_WEIGHTS
-
-    p = subparsers.add_parser(
-        "align", help="z offset between two CT series from their slice scores",
-        description="Registration prealignment (Meine & Hering): the offset to add to a "
-                    "moving-scan z to get the fixed-scan z of the same anatomy.")
-    p.add_argument("fixed", type=Path, help="fixed scan: NIfTI file or DICOM folder (one series)")
-    p.add_argument("moving", type=Path, help="moving scan")
-    p.add_argument("--method", choices=("three-slice", "l1", "both"), default="l1")
-    p.add_argument("--json", type=Path, help="write the result(s) as JSON")
-    p.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="weights (.pt)")
-    p.set_defaults(func=run_align_command)
-
-
-def _one_volume(path: Path) -> CTVolume:
-    from model.reading.load import load_volumes
-
-    loaded = load_volumes(path)
-    for err in loaded.errors:
-        print(f"warning: {err}", file=sys.stderr)
-    if len(loaded.volumes) != 1:
-        raise CTInputError(f"{path}: expected one CT series, found {len(loaded.volumes)}")
-    return loaded.volumes[0]
-
-
-def run_align_command(args: argparse.Namespace) -> int:
-    """Handler of ``bpr align``; returns the exit status."""
-    from model.evaluation.evaluate import load_regressor
-
-    try:
-        regressor = load_regressor(args.model)
-        fixed, moving = _one_volume(args.fixed), _one_volume(args.moving)
-        curve = score_profile(fixed, regressor)
-        methods: list[Method] = (["three-slice", "l1"] if args.method == "both"
-                                 else [args.method])
-        results = [prealign(fixed, moving, regressor, m, fixed_profile=curve) for m in methods]
-    except (CTInputError, ValueError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for r in results:
-        print(r.describe())
-    if args.json is not None:
-        document = {"fixed": fixed.source, "moving": moving.source,
-                    "results": [r.to_dict() for r in results]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
-    return 0

@@ -17,23 +17,19 @@ The known range comes from
   ``q_min`` quantile of the per-volume minimum cleaned scores and the ``q_max`` quantile
   of the per-volume maximum cleaned scores (thesis defaults 25 % and 75 %).
 
-:func:`crop_range` turns a score curve into the kept slice run; the writers produce a
-cropped NIfTI, the SOP Instance UIDs inside the range (DICOM input) and a segmentation
-mask zeroed outside the range.
+:func:`crop_range` turns a score curve into the kept slice run;
+:mod:`model.tools.crop_outputs` writes what a crop produces (cropped NIfTI, SOP Instance
+UIDs, filtered mask) and :mod:`model.cli.crop` is the ``bpr crop`` command.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
@@ -311,156 +307,7 @@ def crop_range(scores: Sequence[float | None] | npt.ArrayLike, z_mm: npt.ArrayLi
                      lo, hi)
 
 
-# --- writers -------------------------------------------------------------------------------
-
-
-SpatialImage = nib.spatialimages.SpatialImage
-
-
-def _load_image(path: Path) -> SpatialImage:
-    """A NIfTI (or other spatial) image; a clear error for anything else."""
-    try:
-        img = nib.load(str(path))
-    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
-        raise ValueError(f"{path}: not a readable NIfTI file ({exc})") from exc
-    if not isinstance(img, SpatialImage) or len(img.shape) not in (3, 4):
-        raise ValueError(f"{path}: not a 3D image")
-    return img
-
-
-def _superior_axis(img: SpatialImage) -> tuple[int, bool]:
-    """Stored array axis that runs along the patient's S axis, and whether it runs S → I."""
-    ornt = nib.orientations.io_orientation(img.affine)  # type: ignore[no-untyped-call]
-    axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
-    return axis, bool(ornt[axis, 1] < 0)
-
-
-def _stored_slab(img: SpatialImage, start: int, stop: int
-                 ) -> tuple[int, int, int]:
-    """Axis and index range in the stored array of canonical (feet → head) slices."""
-    axis, flipped = _superior_axis(img)
-    n = int(img.shape[axis])
-    return (axis, n - stop, n - start) if flipped else (axis, start, stop)
-
-
-def write_cropped_nifti(source: Path, crop: CropRange, out: Path) -> Path:
-    """Write the kept slices of a NIfTI volume, in its stored orientation and data type.
-
-    The affine is shifted to the first kept voxel, so every kept voxel keeps its world
-    position.
-
-    Raises
-    ------
-    ValueError
-        If the crop is empty or was computed for another number of slices.
-    """
-    if crop.is_empty:
-        raise ValueError("nothing to write: no slice lies in the known range")
-    img = _load_image(source)
-    axis, lo, hi = _stored_slab(img, crop.start, crop.stop)
-    if img.shape[axis] != crop.n_slices:
-        raise ValueError(f"{source}: {img.shape[axis]} slices, crop is for {crop.n_slices}")
-    index: list[slice] = [slice(None)] * len(img.shape)
-    index[axis] = slice(lo, hi)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img.slicer[tuple(index)], str(out))
-    return out
-
-
-def uids_in_range(volume: CTVolume, crop: CropRange) -> list[str]:
-    """SOP Instance UIDs of the kept slices, feet → head, each once (multi-frame repeats).
-
-    Raises
-    ------
-    ValueError
-        If the volume has no UIDs (not read from DICOM) or does not match the crop.
-    """
-    if len(volume.sop_instance_uids) != volume.n_slices:
-        raise ValueError(f"{volume.source}: no SOP Instance UID per slice (not a DICOM series)")
-    if volume.n_slices != crop.n_slices:
-        raise ValueError(f"{volume.source}: {volume.n_slices} slices, crop is for "
-                         f"{crop.n_slices}")
-    return list(dict.fromkeys(volume.sop_instance_uids[crop.start : crop.stop]))
-
-
-def write_uids(uids: Iterable[str], out: Path) -> Path:
-    """One UID per line."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{u}\n" for u in uids))
-    return out
-
-
-@dataclass(frozen=True)
-class MaskFilterResult:
-    """What zeroing a mask outside the known range did.
-
-    Attributes
-    ----------
-    removed_voxels : int
-        Non-zero voxels set to zero (false positives outside the known region).
-    kept_voxels : int
-        Non-zero voxels left.
-    removed_slices : int
-        Mask slices that had labels and were zeroed.
-    """
-
-    removed_voxels: int
-    kept_voxels: int
-    removed_slices: int
-
-
-def _slice_z(img: SpatialImage) -> tuple[FloatVector, int, bool]:
-    """World S of every slice along the stored S axis (as :func:`read_nifti` computes it)."""
-    axis, flipped = _superior_axis(img)
-    canonical = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
-    ni, nj, nk = canonical.shape[:3]
-    a = canonical.affine
-    centre = a @ np.array([(ni - 1) / 2, (nj - 1) / 2, 0.0, 1.0])
-    z = centre[2] + a[2, 2] * np.arange(nk, dtype=np.float64)
-    return (z[::-1] if flipped else z), axis, flipped
-
-
-def filter_mask(mask_path: Path, crop: CropRange, out: Path) -> MaskFilterResult:
-    """Zero a segmentation mask outside the cropped slab (false-positive filter, table 5.17).
-
-    Slices are kept by world position (:attr:`CropRange.lower_mm` ..
-    :attr:`CropRange.upper_mm`), so the mask may be stored in any orientation; on the
-    CT's own grid this keeps exactly the cropped slices. Header and data type stay.
-
-    Parameters
-    ----------
-    mask_path : Path
-        NIfTI label map (0 = background).
-    crop : CropRange
-        From :func:`crop_range` on the CT the mask belongs to.
-    out : Path
-        Where to write the filtered mask.
-
-    Returns
-    -------
-    MaskFilterResult
-    """
-    img = _load_image(mask_path)
-    data = np.asarray(img.dataobj)
-    z, axis, _ = _slice_z(img)
-    if crop.is_empty or crop.lower_mm is None or crop.upper_mm is None:
-        keep = np.zeros(z.size, dtype=bool)
-    else:
-        keep = (z >= crop.lower_mm) & (z < crop.upper_mm)
-    labelled = np.moveaxis(data != 0, axis, 0).reshape(z.size, -1).sum(1)
-    filtered = data.copy()
-    drop: list[slice | npt.NDArray[np.intp]] = [slice(None)] * data.ndim
-    drop[axis] = np.flatnonzero(~keep)
-    filtered[tuple(drop)] = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(type(img)(filtered, img.affine, img.header), str(out))
-    return MaskFilterResult(
-        removed_voxels=int(labelled[~keep].sum()), kept_voxels=int(labelled[keep].sum()),
-        removed_slices=int(np.count_nonzero(labelled[~keep])),
-    )
-
-
-# --- training data and command line --------------------------------------------------------
+# --- training data -------------------------------------------------------------------------
 
 
 def training_volume_paths(source: Path) -> list[Path]:
@@ -502,129 +349,3 @@ def training_curves(source: Path, regressor: BodyPartRegressor) -> tuple[list[Fl
         for volume in loaded.volumes:
             curves.append(score_and_clean(volume, regressor).scores)
     return curves, errors
-
-
-def add_crop_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``bpr crop`` (known region cropping) on the ``bpr`` subparsers."""
-    from model.paths import DEFAULT_WEIGHTS
-
-    p = subparsers.add_parser(
-        "crop", help="known region cropping: keep the slices inside a score range",
-        description="Crop a CT series to the slices whose cleaned score lies in a known range "
-                    "(thesis §4.3.2) and optionally zero a segmentation mask outside it.")
-    p.add_argument("input", type=Path, help="NIfTI file, DICOM file or folder of one series")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--scores", type=float, nargs=2, metavar=("MIN", "MAX"),
-                     help="known range as scores")
-    src.add_argument("--landmarks", nargs=2, metavar=("START", "END"),
-                     help="known range between two landmarks' expected scores "
-                          "(model reference table, else bpreg's published table)")
-    src.add_argument("--from-training", type=Path, metavar="FOLDER_OR_CSV",
-                     help="known range from an algorithm's training volumes")
-    p.add_argument("--quantiles", type=float, nargs=2, default=DEFAULT_QUANTILES,
-                   metavar=("QMIN", "QMAX"),
-                   help="quantiles of the per-volume min/max scores for --from-training "
-                        "(default 0.25 0.75, as in the thesis)")
-    p.add_argument("--margin", type=float, default=0.0,
-                   help="widen the known range by this many score units at both ends")
-    p.add_argument("--out-nifti", type=Path, help="write the cropped volume (NIfTI input only)")
-    p.add_argument("--out-uids", type=Path,
-                   help="write the SOP Instance UIDs inside the range (DICOM input only)")
-    p.add_argument("--mask", type=Path, help="segmentation mask (NIfTI) to filter")
-    p.add_argument("--out-mask", type=Path, help="where to write the filtered mask")
-    p.add_argument("--json", type=Path, help="write range and known range as JSON")
-    p.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="weights (.pt)")
-    p.set_defaults(func=run_crop_command)
-
-
-def _known_range(args: argparse.Namespace, regressor: BodyPartRegressor) -> KnownRange:
-    if args.scores is not None:
-        known = known_range_from_scores(*args.scores)
-    elif args.landmarks is not None:
-        known = known_range_from_landmarks(args.landmarks[0], args.landmarks[1],
-                                           regressor.meta)
-    else:
-        curves, errors = training_curves(args.from_training, regressor)
-        for err in errors:
-            print(f"warning: {err}", file=sys.stderr)
-        known = known_range_from_training(curves, tuple(args.quantiles))
-    return known.widened(args.margin)
-
-
-def _single_volume(path: Path) -> CTVolume:
-    from model.reading.load import load_volumes
-
-    loaded = load_volumes(path)
-    for err in loaded.errors:
-        print(f"warning: {err}", file=sys.stderr)
-    if len(loaded.volumes) != 1:
-        raise CTInputError(f"{path}: expected one CT series, found {len(loaded.volumes)}")
-    return loaded.volumes[0]
-
-
-def _check_outputs(args: argparse.Namespace, volume: CTVolume) -> None:
-    """Refuse impossible outputs before any slice is scored."""
-    from model.reading.nifti import is_nifti
-
-    if (args.mask is None) != (args.out_mask is None):
-        raise ValueError("--mask and --out-mask go together")
-    if args.out_nifti is not None and not is_nifti(args.input):
-        raise ValueError("--out-nifti needs a NIfTI input")
-    if args.out_uids is not None and len(volume.sop_instance_uids) != volume.n_slices:
-        raise ValueError(f"{volume.source}: --out-uids needs a DICOM series "
-                         "(no SOP Instance UID per slice)")
-
-
-def _message(exc: Exception) -> str:
-    # str() of a KeyError is the repr of its key, quotes included
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-
-
-def _write_outputs(args: argparse.Namespace, volume: CTVolume, crop: CropRange
-                   ) -> dict[str, Any]:
-    """Write the requested files; returns what the JSON report adds about them."""
-    extra: dict[str, Any] = {}
-    if args.out_nifti is not None:
-        print(f"wrote {write_cropped_nifti(args.input, crop, args.out_nifti)}")
-    if args.out_uids is not None:
-        uids = uids_in_range(volume, crop)
-        print(f"wrote {len(uids)} UIDs to {write_uids(uids, args.out_uids)}")
-    if args.mask is not None:
-        result = filter_mask(args.mask, crop, args.out_mask)
-        extra["mask"] = asdict(result)
-        print(f"wrote {args.out_mask}: removed {result.removed_voxels} labelled voxels "
-              f"in {result.removed_slices} slices, kept {result.kept_voxels}")
-    return extra
-
-
-def run_crop_command(args: argparse.Namespace) -> int:
-    """Handler of ``bpr crop``; returns the exit status."""
-    from model.evaluation.evaluate import load_regressor
-
-    try:
-        volume = _single_volume(args.input)
-        _check_outputs(args, volume)
-        regressor = load_regressor(args.model)
-        known = _known_range(args, regressor)
-        crop = crop_range(score_and_clean(volume, regressor).scores, volume.z_mm,
-                          known.s_min, known.s_max, sigma_mm=0.0)
-    except (CTInputError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        print(f"error: {_message(exc)}", file=sys.stderr)
-        return 1
-    print(f"{volume.identity}: {crop.describe()} ({known.source})")
-    document: dict[str, Any] = {"input": volume.source, "known_range": asdict(known),
-                                "crop": crop.to_dict()}
-    status = 0
-    try:
-        document.update(_write_outputs(args, volume, crop))
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        status = 1
-    if args.json is not None:
-        _write_json(document, args.json)
-    return status
-
-
-def _write_json(document: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")

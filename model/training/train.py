@@ -124,6 +124,38 @@ def validate(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -
             "val_spearman_mean": float(np.mean(rhos))}
 
 
+@dataclass
+class _RunState:
+    """Everything a checkpoint holds to continue a run bit-identically."""
+
+    net: SliceScoreNet
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    rng: np.random.Generator
+    gen: torch.Generator
+
+    def save(self, path: Path, epoch: int, cfg: TrainConfig) -> None:
+        """Write the state after ``epoch`` epochs atomically (``last.pt``)."""
+        state = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "numpy_rng": self.rng.bit_generator.state,
+                 "torch_rng": self.gen.get_state(), "epoch": epoch, "config": asdict(cfg)}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> int:
+        """Restore the state of a checkpoint; returns the epochs it had completed."""
+        state = torch.load(path, weights_only=False)
+        self.net.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.gen.set_state(state["torch_rng"])
+        epoch = int(state["epoch"])
+        log.info("resumed %s at epoch %d", path, epoch)
+        return epoch
+
+
 def train(
     train_volumes: list[TrainVolume],
     val_volumes: list[TrainVolume],
@@ -157,17 +189,9 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     augment_cfg = aug.AugmentConfig(small_fov_p=cfg.small_fov_p)
-    start_epoch = 0
+    run = _RunState(net, opt, sched, rng, gen)
     ckpt_path = out_dir / "last.pt"
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy_rng"]
-        gen.set_state(state["torch_rng"])
-        start_epoch = int(state["epoch"])
-        log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
+    start_epoch = run.load(ckpt_path) if resume and ckpt_path.exists() else 0
     weights = _balanced_weights(train_volumes)
     history = out_dir / "history.jsonl"
     end_epoch = min(cfg.epochs, stop_after_epoch or cfg.epochs)
@@ -198,11 +222,6 @@ def train(
         log.info("epoch %s", record)
         if progress:
             tqdm.write(json.dumps(record))
-        state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
-                 "torch_rng": gen.get_state(), "epoch": epoch + 1, "config": asdict(cfg)}
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(ckpt_path)
+        run.save(ckpt_path, epoch + 1, cfg)
     net.eval()
     return net

@@ -1,0 +1,75 @@
+"""``bpr train``: self-supervised training on unlabeled CT (:mod:`model.training`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from model.paths import shared_data_dir
+
+log = logging.getLogger("bpr")
+
+
+def add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``bpr train`` on the ``bpr`` subparsers."""
+    p = sub.add_parser("train", help="self-supervised training on unlabeled CT")
+    p.add_argument("inputs", nargs="*", type=Path,
+                   help="NIfTI files, DICOM folders or CSV lists (column file, optional split);"
+                        " default: ../shared/data/manifest.csv")
+    p.add_argument("--val", nargs="*", type=Path, default=[], help="validation inputs")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
+    p.add_argument("--cache", type=Path, default=Path(".cache/train"),
+                   help="folder for preprocessed volumes (default .cache/train)")
+    p.add_argument("--epochs", type=int, default=64)
+    p.add_argument("--steps-per-epoch", type=int, default=40)
+    p.add_argument("--volumes-per-batch", type=int, default=32)
+    p.add_argument("--slices-per-volume", type=int, default=8, help="m, slices per volume")
+    p.add_argument("--delta-h", type=float, nargs=2, default=(5.0, 100.0), metavar=("MIN", "MAX"),
+                   help="range of the slice distance Δh in mm")
+    p.add_argument("--loss", choices=("heuristic", "classification"), default="heuristic")
+    p.add_argument("--beta", type=float, default=0.01, help="β of the heuristic loss, per mm")
+    p.add_argument("--alpha", type=float, default=0.0, help="weight of the distance loss")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--small-fov-p", type=float, default=0.0,
+                   help="share of slices masked to a random small box (limb and tumour crops)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--phantom-variants", type=int, default=0,
+                   help="add N synthetic whole-body CTs per ICRP phantom to the training set")
+    p.add_argument("--phantom-dir", type=Path, default=None,
+                   help="folder of the ICRP phantoms (default ../shared/data/phantoms)")
+    p.set_defaults(func=run_train_command)
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """Handler of ``bpr train``: train, then export the weights; returns the exit status."""
+    from model.training.dataset import entries_from_paths, load_train_volumes
+    from model.training.export import export_model
+    from model.training.train import TrainConfig, train
+
+    inputs = args.inputs or [shared_data_dir() / "manifest.csv"]
+    entries = entries_from_paths(inputs) + entries_from_paths(args.val, split="val")
+    train_v = load_train_volumes([e for e in entries if e.split == "train"], args.cache)
+    val_v = load_train_volumes([e for e in entries if e.split == "val"], args.cache)
+    if args.phantom_variants:
+        from model.training.phantom import synthetic_volumes
+
+        phantom_dir = args.phantom_dir or shared_data_dir() / "phantoms"
+        train_v += synthetic_volumes(phantom_dir, args.phantom_variants, seed=args.seed)
+    cfg = TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        volumes_per_batch=args.volumes_per_batch, slices_per_volume=args.slices_per_volume,
+        delta_h_min_mm=args.delta_h[0], delta_h_max_mm=args.delta_h[1], loss=args.loss,
+        beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
+        augment=not args.no_augment, small_fov_p=args.small_fov_p, threads=args.threads,
+        extra={"phantom_variants": str(args.phantom_variants)},
+    )
+    log.info("training on %d volumes, validating on %d", len(train_v), len(val_v))
+    net = train(train_v, val_v, cfg, args.out, resume=args.resume)
+    weights = export_model(net, asdict(cfg), args.out)
+    print(f"wrote {weights} and {weights.with_suffix('.json')}")
+    return 0
