@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-TESTS = ["tests/test_node_load.py", "tests/test_node_crash.py", "tests/test_security.py",
-         "tests/test_fuzz_ingest.py", "tests/test_fuzz_pdu.py"]
+TESTS = ["tests/integration/test_node_load.py", "tests/integration/test_node_crash.py",
+         "tests/node/test_security.py", "tests/fuzz/test_fuzz_ingest.py",
+         "tests/fuzz/test_fuzz_pdu.py"]
 
 
 def main(argv: list[str] | None = None) -> int:

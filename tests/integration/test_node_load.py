@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -32,12 +31,8 @@ from tests.node_harness import (
     wait_for,
     write_config,
 )
-from tests.shared import needs_data
 
-pytestmark = [
-    needs_data,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed"),
-]
+pytestmark = [pytest.mark.usefixtures("shared_data"), pytest.mark.requires_tool("storescu")]
 
 SOAK = os.environ.get("BPR_SOAK") == "1"
 SERIES_PER_SENDER = 30 if SOAK else 2

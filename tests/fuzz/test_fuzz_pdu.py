@@ -40,8 +40,7 @@ from dicom_node.config import config_from_dict
 from dicom_node.index import Instance
 from dicom_node.server import Node
 from dicom_node.storage import WATERMARK_NAME
-from tests.node_harness import free_port
-from tests.test_fuzz_ingest import (
+from tests.fuzz.test_fuzz_ingest import (
     SOAK,
     Garbage,
     Layout,
@@ -52,6 +51,7 @@ from tests.test_fuzz_ingest import (
     fuzz_settings,
     recipes,
 )
+from tests.node_harness import free_port
 
 NODE_AE, ECHO_AE, FUZZ_AE = "BPR_NODE", "ECHOSCU", "FUZZSCU"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"

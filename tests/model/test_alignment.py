@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from model.evaluation.landmarks import landmarks_for_volume, read_label_map
-from model.paths import DEFAULT_WEIGHTS
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor
@@ -118,13 +117,6 @@ def test_three_slice_samples_skip_empty_slices() -> None:
 
 
 # --- with the shipped model ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def regressor() -> BodyPartRegressor:
-    if not DEFAULT_WEIGHTS.exists():
-        pytest.skip(f"no shipped model at {DEFAULT_WEIGHTS}")
-    return BodyPartRegressor.load()
 
 
 @pytest.fixture(scope="module")
