@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -52,6 +50,7 @@ from dicom_node.server import Node
 from dicom_node.storage import FileStore
 from tests import synthetic_index
 from tests.needs import missing
+from tests.node.qr_node import identifier, stub_event
 from tests.node_harness import free_port
 from tests.synthetic_index import Spec, part10, part10_files, series_uid, study_uid
 
@@ -256,22 +255,6 @@ def test_concurrent_ingest_on_postgres(pg_url: str, tmp_path: Path) -> None:
 
 
 # -- C-FIND and retrieve: PostgreSQL answers as SQLite does ----------------------------------
-
-
-def stub_event(query: Dataset, sop_class: str, ae_title: str = "QR_SCU") -> Any:
-    """What the handlers read from a pynetdicom event."""
-    return SimpleNamespace(
-        identifier=query, is_cancelled=False, move_destination=None,
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=ae_title)),
-        request=SimpleNamespace(AffectedSOPClassUID=sop_class))
-
-
-def identifier(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def find_all(index: Index, store: FileStore, query: Dataset, model: str) -> list[dict[str, str]]:

@@ -37,6 +37,7 @@ from dicom_node.ingest import ingest, read_header
 from dicom_node.server import Node
 from tests.dicom_factory import ct_instance, part10_bytes
 from tests.needs import require_tool
+from tests.node.qr_node import identifier
 from tests.node_harness import free_port
 
 NODE_AE = "BPR_NODE"
@@ -178,10 +179,7 @@ def final_status(responses: Iterator[tuple[Dataset, Dataset | None]]) -> tuple[i
 
 def query(study_uid: str) -> Dataset:
     """A STUDY-level identifier for one study."""
-    ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
-    ds.StudyInstanceUID = study_uid
-    return ds
+    return identifier("STUDY", StudyInstanceUID=study_uid)
 
 
 def find(port: int, calling: str, identifier: Dataset) -> tuple[int, int]:
