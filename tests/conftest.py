@@ -5,27 +5,24 @@
 - Real peers and data that are missing skip the test, or fail it when ``CI`` is set
   (:mod:`tests.needs`); the ``requires_tool`` marker checks programs before a test runs.
 - ``report(section, line)``: figures a test measured (timings, counts of fuzz inputs, errors in
-  mm), printed in the "figures" section of the terminal summary after the run.
+  mm), printed in the "figures" section of the terminal summary after the run
+  (:mod:`tests.figures`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from model.paths import DEFAULT_WEIGHTS, shared_data_dir
 from model.scoring.inference import BodyPartRegressor
+from tests.figures import TITLE, Report, summary_lines
 from tests.needs import missing, require_tool
 
 #: (section, line) records of the ``report`` fixture, in the order they were made.
 FIGURES = pytest.StashKey[list[tuple[str, str]]]()
-#: Title of the terminal summary section (``benchmarks/robustness_report.py`` reads it).
-FIGURES_TITLE = "figures"
-
-Report = Callable[[str, str], None]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,10 +77,7 @@ def report(pytestconfig: pytest.Config) -> Report:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
                             config: pytest.Config) -> None:
     records = config.stash.get(FIGURES, [])
-    if not records:
-        return
-    terminalreporter.section(FIGURES_TITLE)
-    for section in dict.fromkeys(s for s, _ in records):
-        terminalreporter.write_line(f"{section}:")
-        for line in (text for s, text in records if s == section):
-            terminalreporter.write_line(f"  {line}")
+    if records:
+        terminalreporter.section(TITLE)
+        for line in summary_lines(records):
+            terminalreporter.write_line(line)
