@@ -19,36 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from sqlalchemy import func, select
 
 from dicom_node.config import config_from_dict
-from dicom_node.index import Instance
 from dicom_node.ingest import ingest, read_header
 from dicom_node.server import Node
 from tests.dicom_factory import ct_instance, part10_bytes
 from tests.needs import require_tool
-from tests.node.qr_node import identifier
 from tests.node_harness import free_port
 
 NODE_AE = "BPR_NODE"
 SUCCESS = 0x0000
-PENDING = 0xFF00
-NOT_AUTHORIZED = 0x0124
-MOVE_DESTINATION_UNKNOWN = 0xA801
-#: A-ASSOCIATE-RJ (result, source, reason) triples of PS3.8 9.3.4.
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)
-REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 #: Values that must never reach a log record; distinctive so a hit cannot be a coincidence.
 PHI_NAME = "Quixotic^Zebulon"
@@ -94,15 +80,6 @@ def running(base: Path, raw: dict[str, Any]) -> Iterator[Node]:
         node.stop()
 
 
-def stored_count(node: Node) -> int:
-    """Instances in the node's index."""
-    with node.index.session() as session:
-        return int(session.scalar(select(func.count(Instance.id))) or 0)
-
-
-def stored_files(node: Node) -> list[Path]:
-    """Instance files (complete or partial) under the node's storage root."""
-    return [p for p in node.store.root.rglob("*") if p.is_file()]
 
 # -- SCU helpers -----------------------------------------------------------------------------
 
@@ -125,26 +102,6 @@ def associate(port: int, calling: str, *contexts: Any, called: str = NODE_AE,
     return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
 
 
-@contextmanager
-def established(port: int, calling: str, *contexts: Any) -> Iterator[Association]:
-    """An association that must be established, released on leaving the block."""
-    assoc = associate(port, calling, *contexts)
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        assoc.release()
-
-
-def rejection(assoc: Association) -> tuple[int, int, int]:
-    """(result, source, reason) of the A-ASSOCIATE-RJ the association got."""
-    assert assoc.is_rejected, "association was not rejected"
-    primitive = assoc.acceptor.primitive
-    assert primitive is not None
-    result, source, reason = primitive.result, primitive.result_source, primitive.diagnostic
-    assert result is not None and source is not None and reason is not None
-    return int(result), int(source), int(reason)
-
 
 def echo(port: int, calling: str = "FULL", **kwargs: Any) -> int:
     """C-ECHO status, or -1 when no association was established."""
@@ -158,49 +115,6 @@ def echo(port: int, calling: str = "FULL", **kwargs: Any) -> int:
         assoc.release()
 
 
-def store(port: int, calling: str, ds: Dataset) -> int:
-    """C-STORE status of one instance."""
-    with established(port, calling, CTImageStorage) as assoc:
-        return int(assoc.send_c_store(ds).Status)
-
-
-def final_status(responses: Iterator[tuple[Dataset, Dataset | None]]) -> tuple[int, int]:
-    """(number of pending responses, final status) of a C-FIND/MOVE/GET response stream."""
-    pending, final = 0, -1
-    for status, _identifier in responses:
-        if "Status" not in status:
-            continue  # no response at all (association gone): final stays -1
-        if int(status.Status) == PENDING:
-            pending += 1
-        else:
-            final = int(status.Status)
-    return pending, final
-
-
-def query(study_uid: str) -> Dataset:
-    """A STUDY-level identifier for one study."""
-    return identifier("STUDY", StudyInstanceUID=study_uid)
-
-
-def find(port: int, calling: str, identifier: Dataset) -> tuple[int, int]:
-    """(matches, final status) of a Study Root C-FIND."""
-    model = StudyRootQueryRetrieveInformationModelFind
-    with established(port, calling, model) as assoc:
-        return final_status(assoc.send_c_find(identifier, model))
-
-
-def move(port: int, calling: str, identifier: Dataset, destination: str) -> tuple[int, int]:
-    """(pending responses, final status) of a Study Root C-MOVE."""
-    model = StudyRootQueryRetrieveInformationModelMove
-    with established(port, calling, model) as assoc:
-        return final_status(assoc.send_c_move(identifier, destination, model))
-
-
-def get(port: int, calling: str, identifier: Dataset) -> tuple[int, int]:
-    """(pending responses, final status) of a Study Root C-GET (no storage role offered)."""
-    model = StudyRootQueryRetrieveInformationModelGet
-    with established(port, calling, model) as assoc:
-        return final_status(assoc.send_c_get(identifier, model))
 
 # -- a node holding one study, with a move destination ---------------------------------------
 

@@ -1,7 +1,7 @@
-"""C-FIND on the Query/Retrieve SCP (dicom_node.query) against pynetdicom peers.
+"""Query/Retrieve SCP (dicom_node.query) against pynetdicom peers: C-FIND, C-GET, C-MOVE.
 
-The node (:mod:`tests.node.qr_node`) serves small synthetic instances; retrieval is in
-``test_retrieve.py``, DCMTK peers in ``tests/integration/test_dcmtk_query.py``.
+The node (:mod:`tests.node.qr_node`) serves small synthetic instances; a pynetdicom storage
+SCP is the C-MOVE destination. DCMTK peers are in ``tests/integration/test_dcmtk_query.py``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,36 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
 )
 
 from dicom_node.config import config_from_dict
-from dicom_node.query import CANCEL, PENDING, QueryRetrieveService
-from tests.node.qr_node import NODE_AE, SPECS, Node, find, identifier, serving, stub_event, values
+from dicom_node.query import (
+    CANCEL,
+    PENDING,
+    QueryRetrieveService,
+    StoredInstance,
+    storage_contexts,
+)
+from tests.node.qr_node import (
+    NODE_AE,
+    SPECS,
+    Node,
+    find,
+    get,
+    identifier,
+    move,
+    serving,
+    stub_event,
+    values,
+)
 from tests.synthetic_index import series_uid, sop_uid, study_uid
 
 
@@ -247,6 +268,121 @@ def test_find_logs_no_key_values(node: Node, caplog: pytest.LogCaptureFixture) -
     assert "Doe" not in text and "PID001" not in text
 
 
+# -- C-GET -----------------------------------------------------------------------------------
+
+
+def test_get_series(node: Node) -> None:
+    received, final = get(node, identifier("SERIES", StudyInstanceUID=study_uid("S1"),
+                                           SeriesInstanceUID=series_uid("S1", 1)))
+    assert sorted(received) == [sop_uid("S1", 1, i) for i in (1, 2, 3)]
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 3
+
+
+def test_get_study_with_two_sop_classes(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")))
+    assert len(received) == 4
+    assert final.Status == 0x0000
+
+
+def test_get_image_uid_list(node: Node) -> None:
+    wanted = [sop_uid("S1", 1, 1), sop_uid("S3", 1, 1)]
+    received, final = get(node, identifier("IMAGE", SOPInstanceUID=wanted))
+    assert sorted(received) == sorted(wanted)
+    assert final.Status == 0x0000
+
+
+def test_get_patient_root_patient_level(node: Node) -> None:
+    received, final = get(node, identifier("PATIENT", PatientID="PID_2"),
+                          model=PatientRootQueryRetrieveInformationModelGet)
+    assert received == [sop_uid("S3", 1, 1)]
+    assert final.Status == 0x0000
+
+
+def test_get_without_unique_key_is_a900(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", PatientName="Doe^John"))
+    assert (received, final.Status) == ([], 0xA900)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_get_wildcard_unique_key_is_a900(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID="1.2.*"))
+    assert (received, final.Status) == ([], 0xA900)
+
+
+def test_get_patient_wildcard_is_a900(node: Node) -> None:
+    received, final = get(node, identifier("PATIENT", PatientID="PID*"),
+                          model=PatientRootQueryRetrieveInformationModelGet)
+    assert (received, final.Status) == ([], 0xA900)
+
+
+def test_get_no_match_is_success(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID="1.2.3.4.5.6"))
+    assert (received, final.Status) == ([], 0x0000)
+
+
+def test_get_refused_without_permission(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID=study_uid("S3")),
+                          ae_title="FIND_ONLY")
+    assert (received, final.Status) == ([], 0x0124)
+
+
+def test_get_unreadable_file_counts_as_failed(node: Node) -> None:
+    received, final = get(node, identifier("STUDY", StudyInstanceUID=study_uid("S7")))
+    assert received == []
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 1
+
+
+# -- C-MOVE ----------------------------------------------------------------------------------
+
+
+def test_move_study_to_storage_scp(node: Node) -> None:
+    node.received.clear()
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "STORE_DEST")
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 4
+    assert sorted(node.received) == sorted(
+        [sop_uid("S1", 1, i) for i in (1, 2, 3)] + [sop_uid("S1", 2, 1)])
+
+
+def test_move_unknown_destination_is_a801(node: Node) -> None:
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "NOWHERE")
+    assert final.Status == 0xA801
+
+
+def test_move_destination_without_port_is_a801(node: Node) -> None:
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "NO_PORT")
+    assert final.Status == 0xA801
+
+
+def test_move_refused_without_permission(node: Node) -> None:
+    node.received.clear()
+    final = move(node, identifier("STUDY", StudyInstanceUID=study_uid("S1")), "STORE_DEST",
+                 ae_title="FIND_ONLY")
+    assert final.Status == 0x0124
+    assert node.received == []
+
+
+def test_move_bad_identifier_is_a900(node: Node) -> None:
+    final = move(node, identifier("SERIES", StudyInstanceUID=study_uid("S1")), "STORE_DEST")
+    assert final.Status == 0xA900
+
+
+def test_storage_contexts_offer_stored_and_uncompressed_syntaxes() -> None:
+    jpeg = "1.2.840.10008.1.2.4.50"
+    contexts = storage_contexts([
+        StoredInstance("a", "1", CTImageStorage, jpeg),
+        StoredInstance("b", "2", CTImageStorage, ExplicitVRLittleEndian),
+        StoredInstance("c", "3", MRImageStorage, ExplicitVRLittleEndian),
+    ])
+    offered = {c.abstract_syntax: c.transfer_syntax for c in contexts}
+    assert offered == {
+        CTImageStorage: [jpeg, ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+        MRImageStorage: [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+    }
+
+
 # -- handlers called directly ----------------------------------------------------------------
 
 
@@ -254,6 +390,12 @@ def test_find_cancelled_yields_cancel(node: Node) -> None:
     event = stub_event(identifier("STUDY", PatientName="*"),
                        StudyRootQueryRetrieveInformationModelFind, cancelled=True)
     assert list(node.service.handle_find(event)) == [(CANCEL, None)]
+
+
+def test_get_cancelled_yields_count_then_cancel(node: Node) -> None:
+    event = stub_event(identifier("STUDY", StudyInstanceUID=study_uid("S1")),
+                       StudyRootQueryRetrieveInformationModelGet, cancelled=True)
+    assert list(node.service.handle_get(event)) == [4, (CANCEL, None)]
 
 
 def test_unknown_peers_allowed_when_known_peers_not_required(node: Node,

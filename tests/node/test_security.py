@@ -12,48 +12,133 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
+from sqlalchemy import func, select
 
+from dicom_node.index import Instance
 from dicom_node.server import Node
 from tests.dicom_factory import ct_instance
+from tests.node.qr_node import identifier
 from tests.node.secure_node import (
-    MOVE_DESTINATION_UNKNOWN,
     NODE_AE,
-    NOT_AUTHORIZED,
     PHI_ID,
     PHI_NAME,
-    REJECT_CALLED_AE,
-    REJECT_CALLING_AE,
-    REJECT_LOCAL_LIMIT,
     SUCCESS,
     Served,
     associate,
     echo,
-    established,
-    final_status,
-    find,
-    get,
-    move,
     node_config,
     phi_records,
-    query,
-    rejection,
     running,
     serving,
-    store,
-    stored_count,
-    stored_files,
 )
 from tests.node_harness import wait_for
+
+PENDING = 0xFF00
+NOT_AUTHORIZED = 0x0124
+MOVE_DESTINATION_UNKNOWN = 0xA801
+#: A-ASSOCIATE-RJ (result, source, reason) triples of PS3.8 9.3.4.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+
+
+# -- instances and the node ------------------------------------------------------------------
+
+
+def stored_count(node: Node) -> int:
+    """Instances in the node's index."""
+    with node.index.session() as session:
+        return int(session.scalar(select(func.count(Instance.id))) or 0)
+
+
+def stored_files(node: Node) -> list[Path]:
+    """Instance files (complete or partial) under the node's storage root."""
+    return [p for p in node.store.root.rglob("*") if p.is_file()]
+# -- SCU helpers (the node's own pynetdicom SCUs are in tests.node.secure_node) ---------------
+
+
+@contextmanager
+def established(port: int, calling: str, *contexts: Any) -> Iterator[Association]:
+    """An association that must be established, released on leaving the block."""
+    assoc = associate(port, calling, *contexts)
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        assoc.release()
+
+
+def rejection(assoc: Association) -> tuple[int, int, int]:
+    """(result, source, reason) of the A-ASSOCIATE-RJ the association got."""
+    assert assoc.is_rejected, "association was not rejected"
+    primitive = assoc.acceptor.primitive
+    assert primitive is not None
+    result, source, reason = primitive.result, primitive.result_source, primitive.diagnostic
+    assert result is not None and source is not None and reason is not None
+    return int(result), int(source), int(reason)
+
+
+def store(port: int, calling: str, ds: Dataset) -> int:
+    """C-STORE status of one instance."""
+    with established(port, calling, CTImageStorage) as assoc:
+        return int(assoc.send_c_store(ds).Status)
+
+
+def final_status(responses: Iterator[tuple[Dataset, Dataset | None]]) -> tuple[int, int]:
+    """(number of pending responses, final status) of a C-FIND/MOVE/GET response stream."""
+    pending, final = 0, -1
+    for status, _identifier in responses:
+        if "Status" not in status:
+            continue  # no response at all (association gone): final stays -1
+        if int(status.Status) == PENDING:
+            pending += 1
+        else:
+            final = int(status.Status)
+    return pending, final
+
+
+def query(study_uid: str) -> Dataset:
+    """A STUDY-level identifier for one study."""
+    return identifier("STUDY", StudyInstanceUID=study_uid)
+
+
+def find(port: int, calling: str, identifier: Dataset) -> tuple[int, int]:
+    """(matches, final status) of a Study Root C-FIND."""
+    model = StudyRootQueryRetrieveInformationModelFind
+    with established(port, calling, model) as assoc:
+        return final_status(assoc.send_c_find(identifier, model))
+
+
+def move(port: int, calling: str, identifier: Dataset, destination: str) -> tuple[int, int]:
+    """(pending responses, final status) of a Study Root C-MOVE."""
+    model = StudyRootQueryRetrieveInformationModelMove
+    with established(port, calling, model) as assoc:
+        return final_status(assoc.send_c_move(identifier, destination, model))
+
+
+def get(port: int, calling: str, identifier: Dataset) -> tuple[int, int]:
+    """(pending responses, final status) of a Study Root C-GET (no storage role offered)."""
+    model = StudyRootQueryRetrieveInformationModelGet
+    with established(port, calling, model) as assoc:
+        return final_status(assoc.send_c_get(identifier, model))
+# -- the shared node: permissions and move destinations --------------------------------------
 
 
 @pytest.fixture(scope="module")
