@@ -84,7 +84,7 @@ def _soak_factor() -> int:
 
 
 SOAK = _soak_factor()
-#: Inputs per property in the CI run (× SOAK). Sized so that the whole module stays near a
+#: Inputs per property in the CI run (× SOAK). Sized so that the fuzz modules stay near a
 #: minute on two cores: ingest costs ~4 ms an input, a series read ~9 ms, an analysis of
 #: 8–12 slices of 64² 30–250 ms (depending on what else the cores run).
 INDEX_EXAMPLES = 8400 * SOAK
@@ -907,7 +907,7 @@ def fuzz_settings(max_examples: int) -> settings:
                                            HealthCheck.large_base_example])
 
 
-#: Hand-written inputs, one per family the issue names (the fuzzing below mixes them).
+#: Hand-written inputs, one per family the issue names (the generated recipes mix them).
 HANDWRITTEN: dict[str, Recipe | Garbage] = {
     "empty stream": Garbage(b"", dicm=False),
     "prefix only": Garbage(b"", dicm=True),
