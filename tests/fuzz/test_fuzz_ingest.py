@@ -63,7 +63,6 @@ def test_base_instances_are_valid(index: Index, sandbox: Sandbox) -> None:
         assert result.volumes[0].hu.shape == (4, 16, 16)
 
 
-
 @pytest.mark.parametrize("name", list(HANDWRITTEN))
 def test_handwritten_inputs(name: str, index: Index, sandbox: Sandbox) -> None:
     """Each named family on both paths: ingest as one instance, and read inside a series."""
@@ -88,7 +87,6 @@ def test_fuzz_dataset_to_index(recipe: Recipe | Garbage, series_slot: int, index
     OUTCOMES["dataset→index: " + check_dataset_to_index(data, index, sandbox, recipe)] += 1
 
 
-
 def test_report_and_nothing_outside_storage(report: Report, sandbox: Sandbox) -> None:
     """Last: the sandbox holds nothing stray, the budget is the issue's; the counts reported."""
     sandbox.reset()
@@ -97,8 +95,8 @@ def test_report_and_nothing_outside_storage(report: Report, sandbox: Sandbox) ->
     assert stray == [], f"files outside the storage roots: {stray[:10]}"
     configured = INDEX_EXAMPLES + READ_EXAMPLES + ANALYSIS_EXAMPLES + WORKER_EXAMPLES
     assert configured >= REQUIRED_TOTAL
-    report("fuzz: dataset → index", f"inputs tried: {sum(OUTCOMES.values())} (configured "
-           f"{INDEX_EXAMPLES} + {len(HANDWRITTEN)} hand-written here, {configured} in all "
-           f"fuzz modules; BPR_SOAK factor {SOAK})")
+    report("fuzz: dataset → index", f"inputs tried: {sum(OUTCOMES.values())} ({INDEX_EXAMPLES} "
+           f"generated, {len(HANDWRITTEN)} hand-written on two paths; {configured} configured "
+           f"in all fuzz modules; BPR_SOAK factor {SOAK})")
     for line in outcome_lines(OUTCOMES):
         report("fuzz: dataset → index", line)

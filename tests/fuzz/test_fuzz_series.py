@@ -60,7 +60,6 @@ def test_fuzz_series_to_volume(recipe: SeriesRecipe, sandbox: Sandbox) -> None:
     OUTCOMES["series→volume: " + check_series_read(paths, sandbox, recipe)] += 1
 
 
-
 @fuzz_settings(ANALYSIS_EXAMPLES)
 @given(recipe=series_recipes(min_n=8, max_n=12, size=64, file_damage=False),
        damage=st.lists(st.tuples(st.integers(0, 15), recipes(analysis_edits, max_damage=0)),
@@ -85,7 +84,6 @@ def worker(index: Index, sandbox: Sandbox, regressor: BodyPartRegressor
     made._regressor = regressor  # the session's model: loaded once, not twice
     yield made
     made.shutdown()
-
 
 
 @fuzz_settings(WORKER_EXAMPLES)

@@ -80,7 +80,6 @@ def running(base: Path, raw: dict[str, Any]) -> Iterator[Node]:
         node.stop()
 
 
-
 # -- SCU helpers -----------------------------------------------------------------------------
 
 
@@ -102,7 +101,6 @@ def associate(port: int, calling: str, *contexts: Any, called: str = NODE_AE,
     return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
 
 
-
 def echo(port: int, calling: str = "FULL", **kwargs: Any) -> int:
     """C-ECHO status, or -1 when no association was established."""
     assoc = associate(port, calling, **kwargs)
@@ -113,7 +111,6 @@ def echo(port: int, calling: str = "FULL", **kwargs: Any) -> int:
         return int(status.Status) if "Status" in status else -1
     finally:
         assoc.release()
-
 
 
 # -- a node holding one study, with a move destination ---------------------------------------
@@ -131,7 +128,6 @@ class Served:
     def port(self) -> int:
         """The node's port."""
         return self.node.port
-
 
 
 @contextmanager
@@ -222,7 +218,6 @@ def make_pki(folder: Path) -> Pki:
     client = _issue(folder, "client", ca, "clientAuth")
     foreign = _issue(folder, "foreign", _make_ca(folder, "foreign-ca"), "clientAuth")
     return Pki(ca[0], *server, *client, *foreign)
-
 
 
 def client_context(pki: Pki, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:

@@ -355,7 +355,6 @@ def test_store_logs_no_phi(served: Served, caplog: pytest.LogCaptureFixture) -> 
     assert not [m for m in own if str(ds.SOPInstanceUID) in m]
 
 
-
 def test_patient_root_query_needs_find_permission(served: Served) -> None:
     model = PatientRootQueryRetrieveInformationModelFind
     identifier = Dataset()
