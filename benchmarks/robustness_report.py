@@ -2,24 +2,26 @@
 
 Run: ``python -m benchmarks.robustness_report [--soak]``
 
-Runs the load, fault, attack and fuzz tests (``tests/test_node_load.py``,
-``tests/test_node_crash.py``, ``tests/test_security.py``, ``tests/test_fuzz_*.py``) with their
-figures printed, and gathers every line they tag ``figure:`` into one report. ``--soak`` sets
-``BPR_SOAK=1``: more senders, series, kill cycles and fuzz examples (tens of minutes).
+Runs the load, fault, attack and fuzz tests (``tests/integration/test_node_load.py``,
+``tests/integration/test_node_crash.py``, ``tests/node/test_security.py``, ``tests/fuzz/``)
+and gathers the figures they report (``report(section, line)``, printed in the "figures"
+section of pytest's terminal summary) into one report. ``--soak`` sets ``BPR_SOAK=1``: more
+senders, series, kill cycles and fuzz examples (tens of minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-TESTS = ["tests/test_node_load.py", "tests/test_node_crash.py", "tests/test_security.py",
-         "tests/test_fuzz_ingest.py", "tests/test_fuzz_pdu.py"]
+from tests.figures import parse_summary
+
+TESTS = ["tests/integration/test_node_load.py", "tests/integration/test_node_crash.py",
+         "tests/node/test_security.py", "tests/fuzz"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,14 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, BPR_SOAK="1" if args.soak else "0")
     tests = [t for t in TESTS if Path(t).exists()]
     t0 = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           *tests], capture_output=True, text=True, env=env, check=False)
     minutes = (time.perf_counter() - t0) / 60
-    figures = re.findall(r"figure: (.*)", run.stdout)
+    figures = parse_summary(run.stdout)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-500:]
     print(f"robustness report ({'soak' if args.soak else 'CI'} form, {minutes:.1f} min)")
     for line in figures:
-        print(f"  - {line}")
+        print(f"  {line}")
     print(f"tests: {summary}")
     return run.returncode
 

@@ -1,15 +1,22 @@
-"""Build small CT DICOM series from a :class:`CTVolume` for reader and DICOM node tests.
+"""The one place tests build DICOM instances.
 
-The files follow the CT Image / Enhanced CT IODs closely enough for pydicom, pynetdicom and
-dciodvfy checks: Patient, General Study, General Series, Frame of Reference, General
-Equipment, Image Plane / functional groups, Image Pixel, CT Image and SOP Common modules.
-The written geometry is exact, so a reader must give back ``volume.hu`` (after int rounding)
-and ``volume.z_mm``: slice ``k`` has its centre pixel at LPS ``(0, 0, z_mm[k])``.
+:func:`ct_instance` makes a minimal instance (a tiny CT image by default; any SOP class,
+attribute or pixel size by option) for ingest, query, network and fuzz tests, and
+:func:`part10_bytes` encodes it as a Part 10 file; :func:`basic_text_sr` is a small SR.
+
+:func:`write_ct_series` and its siblings write small CT DICOM series from a :class:`CTVolume`
+(real CT from the shared data) for reader, SR and end-to-end tests. Those files follow the
+CT Image / Enhanced CT IODs closely enough for pydicom, pynetdicom and dciodvfy checks:
+Patient, General Study, General Series, Frame of Reference, General Equipment, Image Plane /
+functional groups, Image Pixel, CT Image and SOP Common modules. The written geometry is
+exact, so a reader must give back ``volume.hu`` (after int rounding) and ``volume.z_mm``:
+slice ``k`` has its centre pixel at LPS ``(0, 0, z_mm[k])``.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +29,7 @@ from pydicom.tag import Tag
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    BasicTextSRStorage,
     CTImageStorage,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
@@ -39,6 +47,81 @@ ORIENTATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, fl
 }
 
 Array = npt.NDArray[np.float64]
+
+
+def ct_instance(*, sop_class: str = CTImageStorage, sop_uid: str | None = None,
+                study_uid: str | None = None, series_uid: str | None = None,
+                modality: str = "CT", patient_name: str = "Test^Patient",
+                patient_id: str = "PID-1", study_date: str = "20240101",
+                series_number: int = 1, instance_number: int = 1,
+                body_part: str | None = None, charset: str | None = None,
+                size: int | None = 4, **attributes: object) -> Dataset:
+    """A minimal instance with its file meta, ready for C-STORE or :func:`part10_bytes`.
+
+    Patient, study, series and SOP identity (UIDs generated when not given) and, unless
+    ``size`` is None, a ``size`` × ``size`` MONOCHROME2 image of zeros (16 bits allocated, 12
+    stored). ``attributes`` (pydicom keywords) are set last: they add to or override all of
+    the above, and None deletes. The file meta follows the SOP class and instance UID.
+    """
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.StudyDate = study_date
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.Modality = modality
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    if body_part:
+        ds.BodyPartExamined = body_part
+    if size is not None:
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = bytes(2 * size * size)
+    for keyword, value in attributes.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UID(str(ds.get("SOPClassUID", sop_class)))
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(str(ds.get("SOPInstanceUID", "1.2")))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def part10_bytes(ds: Dataset) -> bytes:
+    """``ds`` encoded as a Part 10 file (preamble, file meta, dataset)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def basic_text_sr() -> bytes:
+    """A small Basic Text SR (one finding, ``CHEST``) as a Part 10 file."""
+    ds = ct_instance(sop_class=BasicTextSRStorage, modality="SR", patient_name="Test^Forwarding",
+                     patient_id="FWD-1", series_number=9901, size=None, StudyDate=None)
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator = "18748-4", "LN"
+    title.CodeMeaning = "Diagnostic imaging report"
+    ds.ConceptNameCodeSequence = [title]
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
+    name = Dataset()
+    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "121071", "DCM", "Finding"
+    item.ConceptNameCodeSequence = [name]
+    item.TextValue = "CHEST"
+    ds.ContentSequence = [item]
+    return part10_bytes(ds)
 
 
 def shrink(

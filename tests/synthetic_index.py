@@ -8,17 +8,15 @@ specs into an index and a file store. UIDs are derived from the spec's label (``
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
+from pydicom.uid import CTImageStorage, MRImageStorage
 
 from dicom_node.index import Index
 from dicom_node.ingest import ingest, read_header
 from dicom_node.storage import FileStore
+from tests.dicom_factory import ct_instance, part10_bytes
 
 ROOT = "1.2.826.0.1.3680043.8.498.4242"
 
@@ -56,41 +54,16 @@ def sop_uid(label: str, number: int, instance: int) -> str:
 
 def part10(spec: Spec, modality: str, number: int, instance: int, body_part: str) -> bytes:
     """A tiny (4x4) image as a Part 10 file."""
-    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid(spec.label, number, instance))
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    if spec.charset:
-        ds.SpecificCharacterSet = spec.charset
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid(spec.label, number, instance)
-    ds.PatientName = spec.patient_name
-    ds.PatientID = spec.patient_id
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study_uid(spec.label)
-    ds.StudyDate = spec.study_date
-    ds.StudyTime = spec.study_time
-    ds.AccessionNumber = spec.accession
-    ds.StudyID = spec.label
-    ds.StudyDescription = spec.description
-    ds.SeriesInstanceUID = series_uid(spec.label, number)
-    ds.Modality = modality
-    ds.SeriesNumber = number
-    ds.SeriesDescription = f"{spec.label} {modality}"
-    if body_part:
-        ds.BodyPartExamined = body_part
-    ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = bytes(32)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return part10_bytes(ct_instance(
+        sop_class=MRImageStorage if modality == "MR" else CTImageStorage,
+        sop_uid=sop_uid(spec.label, number, instance), study_uid=study_uid(spec.label),
+        series_uid=series_uid(spec.label, number), modality=modality,
+        patient_name=spec.patient_name, patient_id=spec.patient_id,
+        study_date=spec.study_date, series_number=number, instance_number=instance,
+        body_part=body_part or None, charset=spec.charset or None,
+        PatientBirthDate="19700101", PatientSex="O", StudyTime=spec.study_time,
+        AccessionNumber=spec.accession, StudyID=spec.label, StudyDescription=spec.description,
+        SeriesDescription=f"{spec.label} {modality}"))
 
 
 def part10_files(spec: Spec) -> Iterator[bytes]:

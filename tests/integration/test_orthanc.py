@@ -10,7 +10,6 @@ The second test has Orthanc query the node (C-FIND) and retrieve the SR (C-MOVE 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from sqlalchemy import select
 
 from dicom_node.cli import index_rows
 from dicom_node.index import ForwardJob, ForwardState, Index, SeriesState
+from tests.needs import find_tool
 from tests.node_harness import (
     NodeProcess,
     free_port,
@@ -33,16 +33,11 @@ from tests.node_harness import (
     wait_for,
     write_config,
 )
-from tests.shared import needs_data
 
 #: The Debian package installs Orthanc in /usr/sbin, often not on a normal user's PATH.
-ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
+ORTHANC = find_tool("Orthanc")
 
-pytestmark = [
-    needs_data,
-    pytest.mark.skipif(ORTHANC is None,
-                       reason="Orthanc not installed (CI: apt-get install orthanc)"),
-]
+pytestmark = [pytest.mark.usefixtures("shared_data"), pytest.mark.requires_tool("Orthanc")]
 
 ORTHANC_AET = "ORTHANC"
 NODE_AET = "BPR_NODE"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from model.api import FlagRecord, FlagState, SeriesAnalysis, analyze_series
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct
-from tests.shared import DATA, needs_data
+from tests.needs import require_tool
 
 SETTINGS = SRConfig(series_number=9901, series_description="Body part regression",
                     manufacturer="bpr-node", institution_name="Test Hospital")
@@ -50,9 +49,9 @@ def with_headers(analysis: SeriesAnalysis, headers: Sequence[pydicom.Dataset]
 
 
 @pytest.fixture(scope="module")
-def volume() -> CTVolume:
+def volume(shared_data: Path) -> CTVolume:
     """CRLM-CT-1004: 41 slices of lower chest and upper abdomen at 6 mm pixels."""
-    return shrink(read_nifti(DATA / "ct" / "crlm_ct_1004.nii.gz"), pixel_step=2)
+    return shrink(read_nifti(shared_data / "ct" / "crlm_ct_1004.nii.gz"), pixel_step=2)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +70,7 @@ def empty_source(volume: CTVolume, tmp_path_factory: pytest.TempPathFactory) -> 
 def written(sr: pydicom.Dataset, path: Path) -> hd.sr.Comprehensive3DSR:
     """Save ``sr`` as a DICOM file, check it with dciodvfy and read it back."""
     pydicom.dcmwrite(path, sr, enforce_file_format=True)
-    dciodvfy = shutil.which("dciodvfy")
-    if dciodvfy is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    dciodvfy = require_tool("dciodvfy")
     run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
     lines = (run.stdout + run.stderr).splitlines()
     for line in dict.fromkeys(x for x in lines if x.startswith("Warning")):
@@ -112,7 +109,6 @@ def referenced(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[str]:
 # --- real series -------------------------------------------------------------------------
 
 
-@needs_data
 def test_sr_of_chest_abdomen_series(source: Source, tmp_path: Path) -> None:
     sr = written(build_sr(source.analysis, SETTINGS), tmp_path / "sr.dcm")
     ct = pydicom.dcmread(source.paths[0], stop_before_pixels=True)
@@ -163,7 +159,6 @@ def test_sr_of_chest_abdomen_series(source: Source, tmp_path: Path) -> None:
     assert evidence == all_uids
 
 
-@needs_data
 def test_uids_are_deterministic(source: Source) -> None:
     first = build_sr(source.analysis, SETTINGS)
     again = build_sr(with_headers(source.analysis, reversed(source.headers)), SETTINGS)
@@ -189,7 +184,6 @@ def test_uids_are_deterministic(source: Source) -> None:
                         for g in measurement_groups(other)}
 
 
-@needs_data
 def test_flags_of_anomalies_and_undecided_checks(source: Source, tmp_path: Path) -> None:
     volume = source.analysis.volumes[0]
     states: dict[str, FlagState] = {"discontinuity": "yes", "invalid_z_spacing": "yes",
@@ -209,7 +203,6 @@ def test_flags_of_anomalies_and_undecided_checks(source: Source, tmp_path: Path)
         "discontinuity": yes, "too_few_slices": no}
 
 
-@needs_data
 def test_no_region_found(empty_source: Source, tmp_path: Path) -> None:
     volume = empty_source.analysis.volumes[0]
     assert volume.regions == ()
@@ -225,7 +218,6 @@ def test_no_region_found(empty_source: Source, tmp_path: Path) -> None:
     assert len(referenced(by_label["whole series"])) == len(empty_source.headers)
 
 
-@needs_data
 def test_enhanced_ct_is_referenced_once(volume: CTVolume, tmp_path: Path) -> None:
     enhanced = analyzed([write_enhanced_ct(volume, tmp_path / "enhanced.dcm")])
     sr = written(build_sr(enhanced.analysis, SETTINGS), tmp_path / "sr.dcm")
@@ -234,7 +226,6 @@ def test_enhanced_ct_is_referenced_once(volume: CTVolume, tmp_path: Path) -> Non
         assert referenced(group) == [uid]
 
 
-@needs_data
 def test_rejects_headers_of_other_series(source: Source) -> None:
     stranger = copy.deepcopy(source.headers[0])
     stranger.SeriesInstanceUID = generate_uid()
@@ -244,7 +235,6 @@ def test_rejects_headers_of_other_series(source: Source) -> None:
         build_sr(with_headers(source.analysis, source.headers[1:]), SETTINGS)
 
 
-@needs_data
 def test_headers_without_type_2_attributes(source: Source, tmp_path: Path) -> None:
     headers = [copy.deepcopy(h) for h in source.headers]
     for h in headers:

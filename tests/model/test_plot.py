@@ -10,7 +10,6 @@ import pytest
 
 from model.interpretation.analysis import analyze
 from model.interpretation.bodypart import landmark_table
-from model.paths import DEFAULT_WEIGHTS
 from model.reading.nifti import read_nifti
 from model.scoring.inference import BodyPartRegressor
 from model.tools.plot import plot_scores
@@ -42,10 +41,8 @@ def test_plot_rejects_mismatched_lengths(tmp_path: Path) -> None:
         plot_scores(tmp_path / "x.png", np.arange(3.0), np.arange(4.0), title="bad")
 
 
-def test_plot_of_a_real_series(shared_data: Path, tmp_path: Path) -> None:
-    if not DEFAULT_WEIGHTS.exists():
-        pytest.skip(f"no shipped model at {DEFAULT_WEIGHTS}")
-    regressor = BodyPartRegressor.load()
+def test_plot_of_a_real_series(shared_data: Path, tmp_path: Path,
+                               regressor: BodyPartRegressor) -> None:
     volume = read_nifti(shared_data / "ct" / "openkbp_pt_2.nii.gz")
     result = analyze(volume, regressor)
     regions = {name: (r.z_min_mm, r.z_max_mm) for name, r in result.regions.items()

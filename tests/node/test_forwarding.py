@@ -1,11 +1,7 @@
-"""The SR forwarding queue against scripted pynetdicom peers and DCMTK ``storescp``."""
+"""The SR forwarding queue against scripted pynetdicom peers (DCMTK ``storescp``: integration)."""
 
 from __future__ import annotations
 
-import io
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,68 +10,22 @@ from typing import Any
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import BasicTextSRStorage, CTImageStorage
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
-from dicom_node.config import NodeConfig, config_from_dict
 from dicom_node.forwarding import (
     SCHEDULER_JOB_ID,
-    Forwarder,
     Verdict,
     backoff_delay,
     classify_status,
     enqueue_forwards,
 )
-from dicom_node.index import ForwardJob, ForwardState, Index, Instance
-from dicom_node.ingest import ingest, read_header
-from dicom_node.storage import FileStore
-
-T0 = 1_700_000_000.0
-PACS = "PACS"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def basic_text_sr() -> bytes:
-    """A small Basic Text SR as a Part 10 file."""
-    ds = Dataset()
-    ds.SOPClassUID = BasicTextSRStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "SR"
-    ds.PatientName = "Test^Forwarding"
-    ds.PatientID = "FWD-1"
-    ds.SeriesNumber = 9901
-    ds.InstanceNumber = 1
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    title = Dataset()
-    title.CodeValue, title.CodingSchemeDesignator = "18748-4", "LN"
-    title.CodeMeaning = "Diagnostic imaging report"
-    ds.ConceptNameCodeSequence = [title]
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
-    name = Dataset()
-    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "121071", "DCM", "Finding"
-    item.ConceptNameCodeSequence = [name]
-    item.TextValue = "CHEST"
-    ds.ContentSequence = [item]
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+from dicom_node.index import ForwardJob, ForwardState
+from tests.node.forwarding_node import PACS, T0, Node, peer
+from tests.node_harness import free_port
 
 
 class FakePeer:
@@ -121,53 +71,6 @@ class FakePeer:
     def __exit__(self, *_exc: object) -> None:
         if self._server is not None:
             self._server.shutdown()
-
-
-class Node:
-    """An index, a file store, a configuration and the forwarder over them."""
-
-    def __init__(self, tmp_path: Path, peers: list[dict[str, Any]], **forwarding: Any) -> None:
-        self.config: NodeConfig = config_from_dict({
-            "network": {"ae_title": "BPR_NODE", "acse_timeout_s": 5, "dimse_timeout_s": 5,
-                        "network_timeout_s": 5},
-            "forwarding": {"initial_delay_s": 10, "max_delay_s": 600, "max_attempts": 5,
-                           **forwarding},
-            "peers": peers,
-        }, tmp_path)
-        self.index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
-        self.store = FileStore(tmp_path / "storage")
-        self.forwarder = Forwarder(self.index, self.store, self.config)
-
-    def add_sr(self, now: float = T0) -> int:
-        """Ingest a fresh SR and queue it; returns its instance primary key."""
-        data = basic_text_sr()
-        result = ingest(self.index, self.store, data, read_header(data), source_ae="",
-                        analyzed_modalities=("CT",), now=now)
-        with self.index.session() as session:
-            enqueue_forwards(session, result.instance_pk, self.config, now)
-        return result.instance_pk
-
-    def job(self, instance_pk: int, destination: str = PACS) -> ForwardJob:
-        with self.index.session() as session:
-            return session.scalars(select(ForwardJob).where(
-                ForwardJob.instance_pk == instance_pk,
-                ForwardJob.destination == destination)).one()
-
-    def sop_uid(self, instance_pk: int) -> str:
-        with self.index.session() as session:
-            instance = session.get(Instance, instance_pk)
-            assert instance is not None
-            return instance.sop_instance_uid
-
-    def path(self, instance_pk: int) -> Path:
-        with self.index.session() as session:
-            instance = session.get(Instance, instance_pk)
-            assert instance is not None
-            return self.store.absolute(instance.path)
-
-
-def peer(port: int, title: str = PACS, forward_sr: bool = True) -> dict[str, Any]:
-    return {"ae_title": title, "host": "127.0.0.1", "port": port, "forward_sr": forward_sr}
 
 
 @pytest.fixture
@@ -447,53 +350,3 @@ def test_scheduler_job_polls_the_queue(tmp_path: Path, port: int) -> None:
     assert scheduler.get_job(SCHEDULER_JOB_ID) is None
     made.index.close()
 
-
-# -- DCMTK ------------------------------------------------------------------------------
-
-STORESCP = shutil.which("storescp")
-needs_storescp = pytest.mark.skipif(STORESCP is None, reason="DCMTK storescp not installed")
-
-
-@pytest.fixture
-def storescp(tmp_path: Path, port: int, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """DCMTK storescp on ``port``; yields its output folder (extra flags via indirect param)."""
-    assert STORESCP is not None
-    received = tmp_path / "storescp"
-    received.mkdir()
-    extra: list[str] = list(getattr(request, "param", []))
-    process = subprocess.Popen(
-        [STORESCP, "-aet", PACS, "-od", str(received), "-dhl", "+xa", *extra, str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield received
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@needs_storescp
-def test_dcmtk_storescp_receives_the_forwarded_sr(node: Node, storescp: Path) -> None:
-    pk = node.add_sr()
-    assert node.forwarder.run_due(now=T0) == 1
-    files = list(storescp.iterdir())
-    assert len(files) == 1
-    assert dcmread(files[0]).SOPInstanceUID == node.sop_uid(pk)
-    assert node.job(pk).state is ForwardState.DONE
-
-
-@needs_storescp
-@pytest.mark.parametrize("storescp", [["--abort-after"]], indirect=True)
-def test_dcmtk_abort_after_store_is_not_done(node: Node, storescp: Path) -> None:
-    pk = node.add_sr()
-    assert node.forwarder.run_due(now=T0) == 0
-    job = node.job(pk)
-    assert (job.state, job.attempts) == (ForwardState.PENDING, 1)

@@ -14,7 +14,6 @@ from model.cli.crop import add_crop_command
 from model.evaluation.landmarks import landmarks_for_volume, read_label_map
 from model.interpretation.bodypart import PUBLISHED_REFERENCE
 from model.interpretation.postprocess import CleanedScores
-from model.paths import DEFAULT_WEIGHTS
 from model.reading.load import load_volumes
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
@@ -188,13 +187,6 @@ def test_uids_of_a_dicom_series_inside_the_range(shared_data: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def regressor() -> BodyPartRegressor:
-    if not DEFAULT_WEIGHTS.exists():
-        pytest.skip(f"no shipped model at {DEFAULT_WEIGHTS}")
-    return BodyPartRegressor.load()
-
-
-@pytest.fixture(scope="module")
 def cleaned(shared_data: Path, regressor: BodyPartRegressor) -> dict[str, CleanedScores]:
     """Cleaned scores of every volume these tests use, each scored once."""
     names = ("onkodicom_rt_thorax", "lidc_0003", "openkbp_pt_60", "pelvicref_002",
@@ -247,10 +239,9 @@ def _crop_cli(argv: list[str]) -> int:
     return status
 
 
+@pytest.mark.usefixtures("regressor")  # the command loads the shipped model itself
 def test_crop_command_writes_volume_mask_and_json(shared_data: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    if not DEFAULT_WEIGHTS.exists():
-        pytest.skip(f"no shipped model at {DEFAULT_WEIGHTS}")
     ct = shared_data / "ct" / "openkbp_pt_60.nii.gz"
     status = _crop_cli([
         "crop", str(ct), "--landmarks", "lung_end", "head_end",
@@ -268,10 +259,9 @@ def test_crop_command_writes_volume_mask_and_json(shared_data: Path, tmp_path: P
     assert doc["mask"]["kept_voxels"] > 0
 
 
+@pytest.mark.usefixtures("regressor")
 def test_crop_command_rejects_uids_for_nifti(shared_data: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    if not DEFAULT_WEIGHTS.exists():
-        pytest.skip(f"no shipped model at {DEFAULT_WEIGHTS}")
     status = _crop_cli(["crop", str(shared_data / "ct" / "lidc_0003.nii.gz"),
                         "--scores", "40", "80", "--out-uids", str(tmp_path / "u.txt")])
     assert status == 1

@@ -1,31 +1,19 @@
-"""Query/Retrieve SCP (dicom_node.query) against real pynetdicom and DCMTK peers.
+"""Query/Retrieve SCP (dicom_node.query) against pynetdicom peers: C-FIND, C-GET, C-MOVE.
 
-A module-wide node: small synthetic instances ingested into a SQLite index and a file store,
-served by a pynetdicom AE with the QueryRetrieveService handlers on a free local port; a
-pynetdicom storage SCP is the C-MOVE destination. Patient names cover mixed case, ``_`` and
-``%``, and a hyphen that an unescaped ``_`` would match.
+The node (:mod:`tests.node.qr_node`) serves small synthetic instances; a pynetdicom storage
+SCP is the C-MOVE destination. DCMTK peers are in ``tests/integration/test_dcmtk_query.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import shutil
-import socket
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     MRImageStorage,
@@ -33,183 +21,35 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
 )
-from sqlalchemy import select
 
-from dicom_node.config import NodeConfig, config_from_dict
-from dicom_node.index import Index, Instance, Series
+from dicom_node.config import config_from_dict
 from dicom_node.query import (
     CANCEL,
     PENDING,
     QueryRetrieveService,
     StoredInstance,
-    add_query_retrieve_contexts,
     storage_contexts,
 )
-from dicom_node.storage import FileStore
-from tests.node_harness import free_port
-from tests.synthetic_index import Spec, populate, series_uid, sop_uid, study_uid
-
-NODE_AE = "BPR_NODE"
-STORAGE_CLASSES = (CTImageStorage, MRImageStorage)
-
-
-SPECS = (
-    Spec("S1", "Doe^John", "PID001", "20200101", "ACC_1", "CT Chest", "101530",
-         (("CT", 1, 3, "CHEST"), ("MR", 2, 1, ""))),
-    Spec("S2", "Doe^John", "PID001", "20201231", "ACC%2", "ct chest"),
-    Spec("S3", "Smith_Jones^Ann", "PID_2", "19991231", "ACCX1", "Head"),
-    Spec("S4", "Smith-Jones^Bob", "PIDX2", "20210615", "ACCY1", "Head"),
-    Spec("S5", "100%^Pure", "PID%4", "20220202"),
-    Spec("S6", "DOE^JANE", "PID005", "20230303", charset="ISO_IR 192"),
-    Spec("S7", "Broken^File", "PID007", "20240404"),
-    Spec("S8", "Jörg^Müller", "PID008", "20250505", charset="ISO_IR 192"),
+from tests.node.qr_node import (
+    NODE_AE,
+    SPECS,
+    Node,
+    find,
+    get,
+    identifier,
+    move,
+    serving,
+    stub_event,
+    values,
 )
-
-
-@dataclass
-class Node:
-    """The running test node and its peers."""
-
-    index: Index
-    store: FileStore
-    config: NodeConfig
-    service: QueryRetrieveService
-    port: int
-    dcmtk_port: int
-    received: list[str] = field(default_factory=list)
+from tests.synthetic_index import series_uid, sop_uid, study_uid
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    base = tmp_path_factory.mktemp("qr")
-    index = Index(f"sqlite:///{base / 'index.sqlite'}")
-    store = FileStore(base / "storage")
-    populate(index, store, SPECS)
-    with index.session() as session:
-        # The node analysed S2's series and found another body part than the one received.
-        found = session.scalars(select(Series).where(
-            Series.series_instance_uid == series_uid("S2", 1))).one()
-        found.corrected_body_part = "ABDOMEN"
-        broken = session.scalars(select(Instance).where(
-            Instance.sop_instance_uid == sop_uid("S7", 1, 1))).one()
-        store.absolute(broken.path).write_bytes(b"not a DICOM file")
-
-    received: list[str] = []
-    lock = threading.Lock()
-
-    def on_store(event: Any) -> int:
-        with lock:
-            received.append(str(event.dataset.SOPInstanceUID))
-        return 0x0000
-
-    destination = AE("STORE_DEST")
-    for sop_class in (*STORAGE_CLASSES, Verification):
-        destination.add_supported_context(sop_class)
-    dest_server = destination.start_server(("127.0.0.1", 0), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert dest_server is not None
-    dcmtk_port = free_port()
-    config = config_from_dict({"peers": [
-        {"ae_title": "QR_SCU", "permissions": ["find", "move", "get"]},
-        {"ae_title": "FIND_ONLY", "permissions": ["find"]},
-        {"ae_title": "STORE_DEST", "host": "127.0.0.1",
-         "port": dest_server.server_address[1], "permissions": ["store"]},
-        {"ae_title": "DCMTK_DEST", "host": "127.0.0.1", "port": dcmtk_port},
-        {"ae_title": "NO_PORT", "host": "", "port": 0, "permissions": ["find"]},
-    ]}, base)
-    service = QueryRetrieveService(index, store, config)
-    ae = AE(NODE_AE)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    add_query_retrieve_contexts(ae)
-    ae.add_supported_context(Verification)
-    for sop_class in STORAGE_CLASSES:
-        # As server.py does: a C-GET requestor acts as Storage SCP for what it retrieves.
-        ae.add_supported_context(sop_class, scu_role=False, scp_role=True)
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=service.handlers())
-    assert server is not None
-    try:
-        yield Node(index, store, config, service, server.server_address[1], dcmtk_port,
-                   received)
-    finally:
-        server.shutdown()
-        dest_server.shutdown()
-        index.close()
-
-
-# -- SCU helpers -----------------------------------------------------------------------------
-
-
-def identifier(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    if level:
-        ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def associate(node: Node, ae_title: str, contexts: tuple[Any, ...], **kwargs: Any) -> Any:
-    ae = AE(ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    for context in contexts:
-        ae.add_requested_context(context)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE, **kwargs)
-    assert assoc.is_established
-    return assoc
-
-
-def find(node: Node, query: Dataset, model: Any = StudyRootQueryRetrieveInformationModelFind,
-         ae_title: str = "QR_SCU") -> tuple[list[Dataset], int]:
-    """Pending identifiers and the final status of one C-FIND."""
-    assoc = associate(node, ae_title, (model,))
-    try:
-        matches, final = [], -1
-        for status, found in assoc.send_c_find(query, model):
-            if status.Status == PENDING:
-                matches.append(found)
-            else:
-                final = int(status.Status)
-        return matches, final
-    finally:
-        assoc.release()
-
-
-def values(matches: list[Dataset], keyword: str) -> set[str]:
-    return {str(ds.get(keyword, "")) for ds in matches}
-
-
-def get(node: Node, query: Dataset, ae_title: str = "QR_SCU",
-        model: Any = StudyRootQueryRetrieveInformationModelGet) -> tuple[list[str], Dataset]:
-    """SOP Instance UIDs received by one C-GET and its final response."""
-    received: list[str] = []
-
-    def on_store(event: Any) -> int:
-        received.append(str(event.dataset.SOPInstanceUID))
-        return 0x0000
-
-    roles = [build_role(sop_class, scp_role=True) for sop_class in STORAGE_CLASSES]
-    assoc = associate(node, ae_title, (model, *STORAGE_CLASSES), ext_neg=roles,
-                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
-        responses = [status for status, _ in assoc.send_c_get(query, model)]
-        return received, responses[-1]
-    finally:
-        assoc.release()
-
-
-def move(node: Node, query: Dataset, destination: str, ae_title: str = "QR_SCU") -> Dataset:
-    """The final response of one C-MOVE."""
-    model = StudyRootQueryRetrieveInformationModelMove
-    assoc = associate(node, ae_title, (model,))
-    try:
-        final: Dataset = [status for status, _ in assoc.send_c_move(query, destination,
-                                                                     model)][-1]
-        return final
-    finally:
-        assoc.release()
+    with serving(tmp_path_factory.mktemp("qr")) as made:
+        yield made
 
 
 # -- C-FIND: matching ------------------------------------------------------------------------
@@ -546,14 +386,6 @@ def test_storage_contexts_offer_stored_and_uncompressed_syntaxes() -> None:
 # -- handlers called directly ----------------------------------------------------------------
 
 
-def stub_event(query: Dataset, sop_class: str, *, ae_title: str = "QR_SCU",
-               cancelled: bool = False, destination: str | None = None) -> Any:
-    return SimpleNamespace(
-        identifier=query, is_cancelled=cancelled, move_destination=destination,
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=ae_title)),
-        request=SimpleNamespace(AffectedSOPClassUID=sop_class))
-
-
 def test_find_cancelled_yields_cancel(node: Node) -> None:
     event = stub_event(identifier("STUDY", PatientName="*"),
                        StudyRootQueryRetrieveInformationModelFind, cancelled=True)
@@ -583,64 +415,3 @@ def test_unsupported_model_is_0122(node: Node) -> None:
     assert isinstance(status, Dataset)
     assert status.Status == 0x0122
 
-
-# -- DCMTK -----------------------------------------------------------------------------------
-
-
-needs_dcmtk = pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK not installed")
-
-
-@needs_dcmtk
-def test_dcmtk_findscu(node: Node, tmp_path: Path) -> None:
-    command = ["findscu", "-S", "-aet", "QR_SCU", "-aec", NODE_AE, "-X", "-od", str(tmp_path),
-               "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=doe*",
-               "-k", "StudyInstanceUID", "-k", "StudyDescription",
-               "127.0.0.1", str(node.port)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0, result.stderr
-    found = [dcmread(path) for path in sorted(tmp_path.glob("rsp*.dcm"))]
-    assert {str(ds.StudyInstanceUID) for ds in found} == {
-        study_uid(s) for s in ("S1", "S2", "S6")}
-    assert {ds.StudyDescription for ds in found} >= {"CT Chest", "ct chest"}
-
-
-@needs_dcmtk
-def test_dcmtk_findscu_refused(node: Node) -> None:
-    command = ["findscu", "-v", "-S", "-aet", "STRANGER", "-aec", NODE_AE,
-               "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=*",
-               "127.0.0.1", str(node.port)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
-    # DCMTK 3.6.7 prints this (newer, general) status as "Unknown Status: 0x124".
-    assert re.search(r"0x0?124\b", result.stdout + result.stderr)
-
-
-@needs_dcmtk
-def test_dcmtk_movescu_to_storescp(node: Node, tmp_path: Path) -> None:
-    storescp = subprocess.Popen(
-        ["storescp", "-aet", "DCMTK_DEST", "-od", str(tmp_path), str(node.dcmtk_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_for_port(node.dcmtk_port)
-        command = ["movescu", "-S", "-aet", "QR_SCU", "-aec", NODE_AE, "-aem", "DCMTK_DEST",
-                   "-k", "QueryRetrieveLevel=SERIES",
-                   "-k", f"StudyInstanceUID={study_uid('S1')}",
-                   "-k", f"SeriesInstanceUID={series_uid('S1', 1)}",
-                   "127.0.0.1", str(node.port)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30,
-                                check=False)
-        assert result.returncode == 0, result.stderr
-    finally:
-        storescp.terminate()
-        storescp.wait(timeout=10)
-    stored = sorted(str(dcmread(path).SOPInstanceUID) for path in tmp_path.iterdir())
-    assert stored == [sop_uid("S1", 1, i) for i in (1, 2, 3)]
-
-
-def _wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")

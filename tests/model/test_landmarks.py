@@ -19,7 +19,6 @@ from model.evaluation.landmarks import (
 from model.evaluation.lung_landmarks import lung_landmarks_from_ct, lung_profile
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
-from tests.shared import DATA, needs_data
 
 # --- label maps ---------------------------------------------------------------------------
 
@@ -139,18 +138,17 @@ def test_lungs_cut_by_the_scan_are_not_reported() -> None:
 # --- real volumes ---------------------------------------------------------------------------
 
 
-def _ct(name: str) -> Path:
-    return DATA / "ct" / f"{name}.nii.gz"
+def _ct(data: Path, name: str) -> Path:
+    return data / "ct" / f"{name}.nii.gz"
 
 
-def _label(name: str) -> Path:
-    return DATA / "labels" / f"{name}.nii.gz"
+def _label(data: Path, name: str) -> Path:
+    return data / "labels" / f"{name}.nii.gz"
 
 
-@needs_data
-def test_onkodicom_image_lungs_agree_with_label_lungs() -> None:
-    volume = read_nifti(_ct("onkodicom_rt_thorax"))
-    labels, names = read_label_map(_label("onkodicom_rt_thorax"))
+def test_onkodicom_image_lungs_agree_with_label_lungs(shared_data: Path) -> None:
+    volume = read_nifti(_ct(shared_data, "onkodicom_rt_thorax"))
+    labels, names = read_label_map(_label(shared_data, "onkodicom_rt_thorax"))
     from_labels = landmarks_from_labels(labels, names, volume.z_mm)
     from_image = lung_landmarks_from_ct(volume)
     spacing = float(np.median(np.diff(volume.z_mm)))
@@ -158,10 +156,9 @@ def test_onkodicom_image_lungs_agree_with_label_lungs() -> None:
         assert abs(from_image[name] - from_labels[name]) <= 2 * spacing, name
 
 
-@needs_data
-def test_label_map_is_aligned_with_the_ct() -> None:
-    volume = read_nifti(_ct("onkodicom_rt_thorax"))
-    labels, names = read_label_map(_label("onkodicom_rt_thorax"))
+def test_label_map_is_aligned_with_the_ct(shared_data: Path) -> None:
+    volume = read_nifti(_ct(shared_data, "onkodicom_rt_thorax"))
+    labels, names = read_label_map(_label(shared_data, "onkodicom_rt_thorax"))
     value = {v: k for k, v in names.items()}
     lung = np.isin(labels, [value["lung_left"], value["lung_right"]])
     assert labels.shape == volume.hu.shape
@@ -169,18 +166,17 @@ def test_label_map_is_aligned_with_the_ct() -> None:
     assert np.median(volume.hu[labels == value["liver"]]) > 0
 
 
-@needs_data
-def test_onkodicom_thorax_order() -> None:
-    lm = volume_landmarks(_ct("onkodicom_rt_thorax"), _label("onkodicom_rt_thorax"))
+def test_onkodicom_thorax_order(shared_data: Path) -> None:
+    lm = volume_landmarks(_ct(shared_data, "onkodicom_rt_thorax"),
+                          _label(shared_data, "onkodicom_rt_thorax"))
     assert lm["liver_bottom"] < lm["lung_bottom"] < lm["liver_top"] < lm["lung_top"]
     assert lm["heart_bottom"] < lm["heart_top"] < lm["lung_top"]
     assert list(lm) == [n for n in LANDMARK_NAMES if n in lm]
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["openkbp_pt_13", "openkbp_pt_60", "openkbp_pt_100"])
-def test_head_neck_order(name: str) -> None:
-    lm = volume_landmarks(_ct(name), _label(name))
+def test_head_neck_order(shared_data: Path, name: str) -> None:
+    lm = volume_landmarks(_ct(shared_data, name), _label(shared_data, name))
     assert lm["lung_top"] < lm["larynx_top"] < lm["brainstem_top"]
     assert lm["larynx_bottom"] < lm["larynx_top"]
     assert lm["mandible_bottom"] < lm["parotid_top"]
@@ -191,41 +187,36 @@ def test_head_neck_order(name: str) -> None:
     assert "lung_bottom" not in lm  # head-neck scans stop above the diaphragm
 
 
-@needs_data
-def test_padded_openkbp_slices_are_not_scan_extent() -> None:
-    volume = read_nifti(_ct("openkbp_pt_2"))
+def test_padded_openkbp_slices_are_not_scan_extent(shared_data: Path) -> None:
+    volume = read_nifti(_ct(shared_data, "openkbp_pt_2"))
     profile = lung_profile(volume)
     assert not profile.occupied[:17].any() and profile.occupied[17:].all()
     # the lungs reach the lowest slice with image content: no lung_bottom
     assert set(lung_landmarks_from_ct(volume)) == {"lung_top"}
 
 
-@needs_data
-def test_pelvis_order_and_no_lungs() -> None:
-    lm = volume_landmarks(_ct("pelvicref_002"), _label("pelvicref_002"))
+def test_pelvis_order_and_no_lungs(shared_data: Path) -> None:
+    lm = volume_landmarks(_ct(shared_data, "pelvicref_002"), _label(shared_data, "pelvicref_002"))
     # the bladder dome rises above the femoral heads; the prostate sits below the dome
     assert lm["femoral_head_top"] < lm["bladder_top"]
     assert lm["prostate_centre"] < lm["bladder_top"]
     assert "lung_bottom" not in lm and "lung_top" not in lm
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["ibsi_sts_013", "ibsi_sts_001", "ibsi_sts_007"])
-def test_limb_and_pelvis_crops_have_no_lungs(name: str) -> None:
-    assert volume_landmarks(_ct(name)) == {}
+def test_limb_and_pelvis_crops_have_no_lungs(shared_data: Path, name: str) -> None:
+    assert volume_landmarks(_ct(shared_data, name)) == {}
 
 
-@needs_data
-def test_chest_ct_has_both_lung_ends() -> None:
-    lm = volume_landmarks(_ct("lidc_0003"))
+def test_chest_ct_has_both_lung_ends(shared_data: Path) -> None:
+    lm = volume_landmarks(_ct(shared_data, "lidc_0003"))
     assert set(lm) == {"lung_bottom", "lung_top"}
     assert 200 < lm["lung_top"] - lm["lung_bottom"] < 350
 
 
-@needs_data
-def test_label_lungs_take_precedence() -> None:
-    volume = read_nifti(_ct("onkodicom_rt_thorax"))
-    labels, names = read_label_map(_label("onkodicom_rt_thorax"))
+def test_label_lungs_take_precedence(shared_data: Path) -> None:
+    volume = read_nifti(_ct(shared_data, "onkodicom_rt_thorax"))
+    labels, names = read_label_map(_label(shared_data, "onkodicom_rt_thorax"))
     value = {v: k for k, v in names.items()}
     labels = labels.copy()
     # pretend the contoured lungs end 3 slices lower than the image shows

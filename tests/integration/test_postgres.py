@@ -4,12 +4,13 @@ A throwaway cluster is made per module with ``initdb`` and ``pg_ctl`` (Unix sock
 temporary folder, trust authentication). The same synthetic instances are ingested into it and
 into a SQLite index, and every query must answer the same on both back ends: the matching
 module compiles differently per dialect (``GLOB`` on SQLite, ``LIKE ... ESCAPE`` on PostgreSQL),
-so agreement is the portability check. Skipped when PostgreSQL or the ``psycopg`` driver is
-not installed.
+so agreement is the portability check. Skipped (failed when ``CI`` is set) when PostgreSQL or
+the ``psycopg`` driver is not installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -21,8 +22,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -50,6 +49,8 @@ from dicom_node.query import (
 from dicom_node.server import Node
 from dicom_node.storage import FileStore
 from tests import synthetic_index
+from tests.needs import missing
+from tests.node.qr_node import identifier, stub_event
 from tests.node_harness import free_port
 from tests.synthetic_index import Spec, part10, part10_files, series_uid, study_uid
 
@@ -77,10 +78,10 @@ def _as_cluster_owner() -> list[str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no 'postgres' user to own the test cluster")
+        missing("running as root and there is no 'postgres' user to own the test cluster")
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip("running as root and runuser is missing: cannot start PostgreSQL")
+        missing("running as root and runuser is missing: cannot start PostgreSQL")
     return [runuser, "-u", "postgres", "--"]
 
 
@@ -93,11 +94,12 @@ def _run(command: list[str]) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """The URL of a fresh PostgreSQL cluster's ``postgres`` database (superuser ``bpr``)."""
-    pytest.importorskip("psycopg", reason="PostgreSQL driver missing: pip install "
-                        "'psycopg[binary]' (the postgresql+psycopg URLs need it)")
+    if importlib.util.find_spec("psycopg") is None:
+        missing("PostgreSQL driver missing: pip install 'psycopg[binary]' (the "
+                "postgresql+psycopg URLs need it)")
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed (no initdb; Debian package 'postgresql')")
+        missing("PostgreSQL is not installed (no initdb; Debian package 'postgresql')")
     prefix = _as_cluster_owner()
     # Not pytest's tmp_path: its folders are private to our user, which the server may not be,
     # and the Unix socket path must stay under ~100 bytes.
@@ -253,22 +255,6 @@ def test_concurrent_ingest_on_postgres(pg_url: str, tmp_path: Path) -> None:
 
 
 # -- C-FIND and retrieve: PostgreSQL answers as SQLite does ----------------------------------
-
-
-def stub_event(query: Dataset, sop_class: str, ae_title: str = "QR_SCU") -> Any:
-    """What the handlers read from a pynetdicom event."""
-    return SimpleNamespace(
-        identifier=query, is_cancelled=False, move_destination=None,
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=ae_title)),
-        request=SimpleNamespace(AffectedSOPClassUID=sop_class))
-
-
-def identifier(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def find_all(index: Index, store: FileStore, query: Dataset, model: str) -> list[dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,6 @@ from model.evaluation.metrics import (
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor, ModelMeta, SliceScores
 from model.scoring.network import SliceScoreNet
-from tests.shared import DATA, needs_data
 
 
 def _ref(**means: float) -> dict[str, LandmarkReference]:
@@ -244,15 +244,14 @@ class LungApexScorer:
         return SliceScores(z_mm=volume.z_mm, raw=raw, scores=raw.astype(np.float64))
 
 
-def _items(names: dict[str, str]) -> list[EvalItem]:
-    by_name = {i.name: i for i in read_manifest(DATA / "manifest.csv")}
+def _items(data: Path, names: dict[str, str]) -> list[EvalItem]:
+    by_name = {i.name: i for i in read_manifest(data / "manifest.csv")}
     return [EvalItem(n, split, by_name[n].ct_path, by_name[n].label_path,
                      by_name[n].body_regions) for n, split in names.items()]
 
 
-@needs_data
-def test_manifest_items_and_groups() -> None:
-    items = read_manifest(DATA / "manifest.csv")
+def test_manifest_items_and_groups(shared_data: Path) -> None:
+    items = read_manifest(shared_data / "manifest.csv")
     # 191 curated volumes, then five clinical torso CTs appended at the end (none labelled).
     assert len(items) == 196
     assert sum(i.label_path is not None for i in items) == 123
@@ -265,10 +264,10 @@ def test_manifest_items_and_groups() -> None:
     assert groups["ibsi_sts_013"] == "limbs"
 
 
-@needs_data
-def test_evaluate_real_volumes_with_a_stand_in_model() -> None:
-    items = _items({"lidc_0002": "train", "lungx_ct004": "train", "openkbp_pt_13": "train",
-                    "lidc_0003": "val", "openkbp_pt_60": "val"})
+def test_evaluate_real_volumes_with_a_stand_in_model(shared_data: Path) -> None:
+    items = _items(shared_data, {"lidc_0002": "train", "lungx_ct004": "train",
+                                 "openkbp_pt_13": "train", "lidc_0003": "val",
+                                 "openkbp_pt_60": "val"})
     report = evaluate(LungApexScorer(), items)
     rows = {r.name: r for r in report.landmarks}
     assert rows["lung_top"].reference_mean == pytest.approx(75.4)
@@ -281,13 +280,12 @@ def test_evaluate_real_volumes_with_a_stand_in_model() -> None:
     json.dumps(report.to_dict(), allow_nan=False)
 
 
-@needs_data
-def test_evaluate_runs_a_real_network() -> None:
+def test_evaluate_runs_a_real_network(shared_data: Path) -> None:
     torch.manual_seed(0)
     net = SliceScoreNet()
     model = BodyPartRegressor(net, ModelMeta(version="random", channels=[16, 32, 64, 128, 256]))
-    items = _items({"crlm_ct_1004": "train", "pyradiomics_lung2": "train",
-                    "pyradiomics_lung1": "val"})
+    items = _items(shared_data, {"crlm_ct_1004": "train", "pyradiomics_lung2": "train",
+                                 "pyradiomics_lung1": "val"})
     report = evaluate(model, items)
     assert report.model_version == "random"
     assert report.n_volumes == {"train": 2, "val": 1}

@@ -2,7 +2,8 @@
 a full disk. Every acknowledged instance must be stored exactly once and every series analyzed.
 
 Bounded for CI; ``BPR_SOAK=1`` runs the long form (more senders, series and kill cycles). Each
-test prints its figures (``pytest -s`` shows them); the note of issue 5 lists a soak run.
+test reports its figures (the "figures" section of the terminal summary); the note of issue 5
+lists a soak run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -24,6 +24,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from dicom_node.index import Index, Instance, Series, SeriesState
+from tests.figures import Report
 from tests.node_harness import (
     NodeProcess,
     free_port,
@@ -32,12 +33,8 @@ from tests.node_harness import (
     wait_for,
     write_config,
 )
-from tests.shared import needs_data
 
-pytestmark = [
-    needs_data,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed"),
-]
+pytestmark = [pytest.mark.usefixtures("shared_data"), pytest.mark.requires_tool("storescu")]
 
 SOAK = os.environ.get("BPR_SOAK") == "1"
 SERIES_PER_SENDER = 30 if SOAK else 2
@@ -108,7 +105,7 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_concurrent_senders_lose_nothing(tmp_path: Path, start_node: StartNode,
-                                         series_pool: list[list[Path]]) -> None:
+                                         series_pool: list[list[Path]], report: Report) -> None:
     port = free_port()
     config = write_config(tmp_path, port, quiet_seconds=2.0,
                           peers=[{"ae_title": "LOADSCU", "permissions": ["store"]}])
@@ -143,13 +140,13 @@ def test_concurrent_senders_lose_nothing(tmp_path: Path, start_node: StartNode,
     assert instances == total + srs
     assert srs == len(work)
     assert all(n == 1 for _, n in series)
-    print(f"\nfigure: load: 4 senders, {len(work)} series, {total} instances in {seconds:.1f} s "
-          f"({total / seconds:.0f} instances/s); all analyzed once; node peak RSS {rss:.0f} MB;"
-          " instances lost: 0")
+    report("load", f"4 senders, {len(work)} series, {total} instances in {seconds:.1f} s "
+           f"({total / seconds:.0f} instances/s); all analyzed once; node peak RSS {rss:.0f} "
+           "MB; instances lost: 0")
 
 
 def test_aborted_association_then_resend(tmp_path: Path, start_node: StartNode,
-                                         series_pool: list[list[Path]]) -> None:
+                                         series_pool: list[list[Path]], report: Report) -> None:
     port = free_port()
     config = write_config(tmp_path, port, quiet_seconds=3.0,
                           peers=[{"ae_title": "LOADSCU", "permissions": ["store"]}])
@@ -165,12 +162,13 @@ def test_aborted_association_then_resend(tmp_path: Path, start_node: StartNode,
     instances, _, srs = _counts(index)
     node.stop()
     assert (instances, srs) == (len(files) + 1, 1)
-    print(f"\nfigure: abort: association aborted after {acknowledged} of {len(files)}, "
-          "resent: every instance stored once, series analyzed once; instances lost: 0")
+    report("abort", f"association aborted after {acknowledged} of {len(files)}, resent: "
+           "every instance stored once, series analyzed once; instances lost: 0")
 
 
 def test_repeated_sigkill_loses_no_acknowledged_instance(
-        tmp_path: Path, series_pool: list[list[Path]], start_node: StartNode) -> None:
+        tmp_path: Path, series_pool: list[list[Path]], start_node: StartNode,
+        report: Report) -> None:
     port = free_port()
     config = write_config(tmp_path, port, quiet_seconds=1.0)
     index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
@@ -206,8 +204,8 @@ def test_repeated_sigkill_loses_no_acknowledged_instance(
     assert all(n == SLICES for _, n in per_series)
     assert srs == 3 and instances >= len(files) + 3
     assert not list((tmp_path / "storage").rglob("*.part"))
-    print(f"\nfigure: SIGKILL: {KILL_CYCLES} kills at random points; {len(acknowledged)} instances "
-          "acknowledged before a kill, all present; instances lost: 0")
+    report("SIGKILL", f"{KILL_CYCLES} kills at random points; {len(acknowledged)} instances "
+           "acknowledged before a kill, all present; instances lost: 0")
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -217,8 +215,8 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return out.returncode == 0
 
 
-def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path,
-                                                  start_node: StartNode) -> None:
+def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path, start_node: StartNode,
+                                                  report: Report) -> None:
     storage = tmp_path / "storage"
     if not _mount_tmpfs(storage, "512k"):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
@@ -249,7 +247,7 @@ def test_full_disk_refuses_with_a700_and_recovers(tmp_path: Path,
         assert storescu(port, files).returncode == 0
         assert _counts(index)[0] == len(files)
         node.stop()
-        print(f"\nfigure: full disk: {ok} of {len(files)} stored before 0xA700, nothing "
-              "half-written indexed, all stored once space returned; instances lost: 0")
+        report("full disk", f"{ok} of {len(files)} stored before 0xA700, nothing "
+               "half-written indexed, all stored once space returned; instances lost: 0")
     finally:
         subprocess.run(["umount", "-l", str(storage)], check=False)

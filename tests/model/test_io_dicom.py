@@ -16,22 +16,17 @@ from pydicom.uid import (
 )
 
 from model.api import ERRORS_QUOTED, analyze_series
-from model.paths import shared_data_dir
 from model.reading.dicom import DicomReadResult, read_dicom_folder, read_dicom_series
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTInputError, CTVolume
 from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct, write_localizer
 
-DATA = shared_data_dir()
-pytestmark = pytest.mark.skipif(
-    not DATA.is_dir(), reason=f"shared CT data not found at {DATA} (read in place, never copied)"
-)
-
 
 @pytest.fixture(scope="module")
-def volume() -> CTVolume:
+def volume(shared_data: Path) -> CTVolume:
     """30 chest slices of LIDC-IDRI-0003 at 6 mm pixels (70 × 70), int HU."""
-    return shrink(read_nifti(DATA / "ct" / "lidc_0003.nii.gz"), slices=slice(50, 80), pixel_step=2)
+    return shrink(read_nifti(shared_data / "ct" / "lidc_0003.nii.gz"), slices=slice(50, 80),
+                  pixel_step=2)
 
 
 def only_volume(result: DicomReadResult) -> CTVolume:
@@ -51,8 +46,8 @@ def assert_same(read: CTVolume, expected: CTVolume, hu_atol: float = 0.5) -> Non
 # --- real series ---------------------------------------------------------------------------
 
 
-def test_real_jpeg2000_series() -> None:
-    vol = only_volume(read_dicom_folder(DATA / "dicom" / "totalseg_example_ct_dicom"))
+def test_real_jpeg2000_series(shared_data: Path) -> None:
+    vol = only_volume(read_dicom_folder(shared_data / "dicom" / "totalseg_example_ct_dicom"))
     assert vol.hu.shape == (20, 512, 512)
     np.testing.assert_allclose(np.diff(vol.z_mm), 2.0, atol=1e-3)
     np.testing.assert_allclose(vol.pixel_spacing_mm, (0.9765625, 0.9765625))
@@ -64,8 +59,8 @@ def test_real_jpeg2000_series() -> None:
     assert vol.warnings == []
 
 
-def test_real_ge_tilted_variable_spacing_series() -> None:
-    vol = only_volume(read_dicom_folder(DATA / "dicom" / "dcm_qa_ct_ge_head_tilt"))
+def test_real_ge_tilted_variable_spacing_series(shared_data: Path) -> None:
+    vol = only_volume(read_dicom_folder(shared_data / "dicom" / "dcm_qa_ct_ge_head_tilt"))
     assert vol.hu.shape == (28, 512, 512)
     steps = np.diff(vol.z_mm)
     assert np.all(steps > 0)

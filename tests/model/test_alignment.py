@@ -13,7 +13,6 @@ import pytest
 
 from model.cli.align import add_align_command
 from model.evaluation.landmarks import landmarks_for_volume, read_label_map
-from model.paths import DEFAULT_WEIGHTS
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor
@@ -28,6 +27,7 @@ from model.tools.alignment import (
     three_slice_indices,
     z_at_score,
 )
+from tests.figures import Report
 
 #: The known shift of the moving copies (mm); not a multiple of any slice spacing.
 SHIFT_MM = 137.5
@@ -121,13 +121,6 @@ def test_three_slice_samples_skip_empty_slices() -> None:
 
 
 @pytest.fixture(scope="module")
-def regressor() -> BodyPartRegressor:
-    if not DEFAULT_WEIGHTS.exists():
-        pytest.skip(f"no shipped model at {DEFAULT_WEIGHTS}")
-    return BodyPartRegressor.load()
-
-
-@pytest.fixture(scope="module")
 def thorax(shared_data: Path) -> CTVolume:
     return read_nifti(shared_data / "ct" / "onkodicom_rt_thorax.nii.gz")
 
@@ -140,20 +133,20 @@ def thorax_profile(thorax: CTVolume, regressor: BodyPartRegressor) -> ScoreProfi
 @pytest.mark.parametrize("part", [(0.3, 0.8), (0.0, 0.4), (0.6, 1.0), (0.45, 0.6)])
 def test_shift_of_a_cropped_copy_is_recovered(thorax: CTVolume, thorax_profile: ScoreProfile,
                                               regressor: BodyPartRegressor,
-                                              part: tuple[float, float]) -> None:
+                                              part: tuple[float, float], report: Report) -> None:
     moving = _sub(thorax, *part, shift_mm=SHIFT_MM)
     l1 = prealign(thorax, moving, regressor, "l1", fixed_profile=thorax_profile)
     fast = prealign(thorax, moving, regressor, "three-slice", fixed_profile=thorax_profile)
-    print(f"figure: crop {part} shifted {SHIFT_MM} mm: ℓ1 error "
-          f"{abs(l1.offset_mm + SHIFT_MM):.2f} mm, three-slice error "
-          f"{abs(fast.offset_mm + SHIFT_MM):.2f} mm")
+    report("alignment", f"crop {part} shifted {SHIFT_MM} mm: ℓ1 error "
+           f"{abs(l1.offset_mm + SHIFT_MM):.2f} mm, three-slice error "
+           f"{abs(fast.offset_mm + SHIFT_MM):.2f} mm")
     assert l1.offset_mm == pytest.approx(-SHIFT_MM, abs=L1_TOLERANCE_MM)
     assert fast.offset_mm == pytest.approx(-SHIFT_MM, abs=THREE_SLICE_TOLERANCE_MM)
     assert l1.overlap_mm == pytest.approx(moving.z_mm[-1] - moving.z_mm[0], abs=5.0)
 
 
 def test_pairs_of_patients_align_within_anatomical_tolerance(
-        shared_data: Path, regressor: BodyPartRegressor) -> None:
+        shared_data: Path, regressor: BodyPartRegressor, report: Report) -> None:
     profiles, landmarks = {}, {}
     for name in PAIR_VOLUMES:
         volume = read_nifti(shared_data / "ct" / f"{name}.nii.gz")
@@ -167,9 +160,9 @@ def test_pairs_of_patients_align_within_anatomical_tolerance(
         truth = np.mean([landmarks[fixed][k] - landmarks[moving][k] for k in common])
         errors.append(align_l1(profiles[fixed], profiles[moving]).offset_mm - truth)
     abs_err = np.abs(errors)
-    print(f"figure: patient pairs ({len(errors)} ordered pairs of {len(PAIR_VOLUMES)} "
-          f"scans) ℓ1 offset error against landmarks: median {np.median(abs_err):.1f} mm, "
-          f"90th percentile {np.quantile(abs_err, 0.9):.1f} mm, max {abs_err.max():.1f} mm")
+    report("alignment", f"patient pairs ({len(errors)} ordered pairs of {len(PAIR_VOLUMES)} "
+           f"scans) ℓ1 offset error against landmarks: median {np.median(abs_err):.1f} mm, "
+           f"90th percentile {np.quantile(abs_err, 0.9):.1f} mm, max {abs_err.max():.1f} mm")
     assert np.median(abs_err) < PAIR_MEDIAN_TOLERANCE_MM
     assert abs_err.max() < PAIR_MAX_TOLERANCE_MM
 

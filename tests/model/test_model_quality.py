@@ -33,11 +33,6 @@ def _is_limb_crop(name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def regressor() -> BodyPartRegressor:
-    return BodyPartRegressor.load(DEFAULT_WEIGHTS)
-
-
-@pytest.fixture(scope="module")
 def val_scores(shared_data: Path, regressor: BodyPartRegressor) -> list[VolumeScores]:
     items: list[EvalItem] = [i for i in read_manifest(shared_data / "manifest.csv")
                              if i.split == "val"]

@@ -6,7 +6,6 @@ The series is real CT from ``../shared/data`` written as DICOM; the node runs as
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,12 +28,9 @@ from tests.node_harness import (
     wait_for,
     write_config,
 )
-from tests.shared import needs_data
 
-pytestmark = [
-    needs_data,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed"),
-]
+pytestmark = [pytest.mark.usefixtures("shared_data"),
+              pytest.mark.requires_tool("storescu", "findscu", "movescu", "dciodvfy")]
 
 
 @dataclass

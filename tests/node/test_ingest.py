@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import time
 from pathlib import Path
 
 import pytest
-from pydicom import dcmwrite
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, MRImageStorage
 from sqlalchemy import select
 
 from dicom_node.config import config_from_dict
@@ -19,35 +16,16 @@ from dicom_node.index import Index, Instance, Series, SeriesState, Study
 from dicom_node.ingest import BadInstanceError, ingest, is_valid_uid, read_header
 from dicom_node.server import Node
 from dicom_node.storage import WATERMARK_NAME, FileStore, OutOfSpaceError
+from tests.dicom_factory import ct_instance, part10_bytes
 
 SERVER_NAME = re.compile(r"^\d{4}/\d{2}/\d{2}/[0-9a-f]{32}\.dcm$")
 
 
 def part10(**attributes: object) -> bytes:
-    """A small Part 10 file; ``attributes`` override the defaults (None deletes)."""
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = "1.2.3.4"
-    ds.SeriesInstanceUID = "1.2.3.4.5"
-    ds.Modality = "CT"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "PID-1"
-    ds.StudyDate = "20240102"
-    ds.InstanceNumber = 1
-    ds.BodyPartExamined = "ABDOMEN"
-    for key, value in attributes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = str(ds.get("SOPInstanceUID", "1.2"))
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = io.BytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
+    """A small CT file of one series; ``attributes`` override the defaults (None deletes)."""
+    return part10_bytes(ct_instance(
+        study_uid="1.2.3.4", series_uid="1.2.3.4.5", patient_name="Doe^Jane",
+        study_date="20240102", body_part="ABDOMEN", size=None, **attributes))
 
 
 @pytest.fixture

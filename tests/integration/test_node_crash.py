@@ -4,7 +4,6 @@ series is analyzed exactly once (one completed analysis, one SR)."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,12 +14,8 @@ from sqlalchemy import func, select
 
 from dicom_node.index import Index, Instance, Series, SeriesState
 from tests.node_harness import NodeProcess, free_port, real_ct_series, wait_for, write_config
-from tests.shared import needs_data
 
-pytestmark = [
-    needs_data,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed"),
-]
+pytestmark = [pytest.mark.usefixtures("shared_data"), pytest.mark.requires_tool("storescu")]
 
 
 def _acknowledged(storescu_output: str, files: list[Path]) -> list[Path]:

@@ -9,7 +9,7 @@ import pytest
 
 from dicom_node.config import ConfigError, config_from_dict, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEERS = [{"ae_title": "STORESCU", "permissions": ["store"]}]
 
 
