@@ -261,6 +261,32 @@ def write_enhanced_ct(
     ds.PresentationLUTShape = "IDENTITY"
     ds.AcquisitionNumber = 1
     ds.AcquisitionDateTime = ds.ContentDate + ds.ContentTime
+    _enhanced_shared_groups(ds, volume, row_dir, col_dir)
+    frames, per_frame = [], []
+    for i, k in enumerate(order):
+        intercept = -1024.0 - 8.0 * (i % 3)
+        frames.append(_as_stored_plane(_stored(volume.hu[k], 1.0, intercept), row_dir, col_dir))
+        per_frame.append(
+            _item(
+                FrameContentSequence=[
+                    _item(StackID="1", InStackPositionNumber=i + 1, DimensionIndexValues=[i + 1])
+                ],
+                PlanePositionSequence=[_item(ImagePositionPatient=[_ds(v) for v in positions[k]])],
+                PixelValueTransformationSequence=[
+                    _item(RescaleIntercept=_ds(intercept), RescaleSlope="1", RescaleType="HU")
+                ],
+            )
+        )
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    for keyword in ("SliceThickness", "KVP"):
+        del ds[keyword]  # lives in functional groups in the enhanced IOD
+    _set_pixels(ds, np.stack(frames), transfer_syntax)
+    return _save(ds, path)
+
+
+def _enhanced_shared_groups(ds: Dataset, volume: CTVolume, row_dir: np.ndarray,
+                            col_dir: np.ndarray) -> None:
+    """Dimension organization and the functional groups all frames share."""
     dimension_uid = generate_uid()
     ds.DimensionOrganizationSequence = [_item(DimensionOrganizationUID=dimension_uid)]
     ds.DimensionIndexSequence = [
@@ -284,26 +310,6 @@ def write_enhanced_ct(
             CTImageFrameTypeSequence=[_item(FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"])],
         )
     ]
-    frames, per_frame = [], []
-    for i, k in enumerate(order):
-        intercept = -1024.0 - 8.0 * (i % 3)
-        frames.append(_as_stored_plane(_stored(volume.hu[k], 1.0, intercept), row_dir, col_dir))
-        per_frame.append(
-            _item(
-                FrameContentSequence=[
-                    _item(StackID="1", InStackPositionNumber=i + 1, DimensionIndexValues=[i + 1])
-                ],
-                PlanePositionSequence=[_item(ImagePositionPatient=[_ds(v) for v in positions[k]])],
-                PixelValueTransformationSequence=[
-                    _item(RescaleIntercept=_ds(intercept), RescaleSlope="1", RescaleType="HU")
-                ],
-            )
-        )
-    ds.PerFrameFunctionalGroupsSequence = per_frame
-    for keyword in ("SliceThickness", "KVP"):
-        del ds[keyword]  # lives in functional groups in the enhanced IOD
-    _set_pixels(ds, np.stack(frames), transfer_syntax)
-    return _save(ds, path)
 
 
 def write_localizer(

@@ -30,11 +30,8 @@ from dicom_node.config import config_from_dict
 from dicom_node.index import Instance
 from dicom_node.server import Node
 from dicom_node.storage import WATERMARK_NAME
-from tests.fuzz.generators import (
-    Layout,
-    Recipe,
-    recipes,
-)
+from tests.fuzz.damage import Layout, Recipe
+from tests.fuzz.strategies import recipes
 from tests.node_harness import free_port
 
 NODE_AE, ECHO_AE, FUZZ_AE = "BPR_NODE", "ECHOSCU", "FUZZSCU"

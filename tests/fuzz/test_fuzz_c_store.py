@@ -19,15 +19,8 @@ from hypothesis import given
 from pynetdicom import _config
 
 from tests.figures import Report
-from tests.fuzz.generators import (
-    SOAK,
-    Garbage,
-    Recipe,
-    SliceSpec,
-    ct_slice,
-    encode,
-    fuzz_settings,
-)
+from tests.fuzz.damage import Garbage, Recipe, encode
+from tests.fuzz.generators import SOAK, SliceSpec, ct_slice
 from tests.fuzz.pdu import (
     MISLEADING,
     RunningNode,
@@ -35,6 +28,7 @@ from tests.fuzz.pdu import (
     start_node,
     wire_inputs,
 )
+from tests.fuzz.strategies import fuzz_settings
 
 # Hostile values make pydicom warn on almost every input; that is expected, not news.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")

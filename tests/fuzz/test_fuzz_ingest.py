@@ -18,24 +18,16 @@ from hypothesis import strategies as st
 from dicom_node.index import Index
 from model.reading.dicom import read_dicom_series
 from tests.figures import Report
+from tests.fuzz.damage import Garbage, Recipe, encode
 from tests.fuzz.generators import (
     ANALYSIS_EXAMPLES,
-    HANDWRITTEN,
     INDEX_EXAMPLES,
     READ_EXAMPLES,
     REQUIRED_TOTAL,
     SOAK,
     WORKER_EXAMPLES,
-    Garbage,
-    Recipe,
-    SeriesRecipe,
     SliceSpec,
     ct_slice,
-    encode,
-    fuzz_settings,
-    index_inputs,
-    series_blobs,
-    series_specs,
 )
 from tests.fuzz.properties import (
     Sandbox,
@@ -43,6 +35,14 @@ from tests.fuzz.properties import (
     check_series_read,
     outcome_lines,
     write_inputs,
+)
+from tests.fuzz.strategies import (
+    HANDWRITTEN,
+    SeriesRecipe,
+    fuzz_settings,
+    index_inputs,
+    series_blobs,
+    series_specs,
 )
 
 # Hostile values make pydicom warn on almost every input; that is expected, not news.

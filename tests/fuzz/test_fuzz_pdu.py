@@ -21,10 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.figures import Report
-from tests.fuzz.generators import (
-    SOAK,
-    fuzz_settings,
-)
+from tests.fuzz.generators import SOAK
 from tests.fuzz.pdu import (
     FUZZ_AE,
     HANDWRITTEN,
@@ -43,6 +40,7 @@ from tests.fuzz.pdu import (
     start_node,
     wait_drained,
 )
+from tests.fuzz.strategies import fuzz_settings
 
 # Hostile values make pydicom warn on almost every input; that is expected, not news.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")

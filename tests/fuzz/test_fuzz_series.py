@@ -1,6 +1,6 @@
 """Fuzzing the series-to-volume path, the analysis and the node's worker with damaged series.
 
-Series inputs (:class:`~tests.fuzz.generators.SeriesRecipe`: inconsistent geometry, damaged
+Series inputs (:class:`~tests.fuzz.strategies.SeriesRecipe`: inconsistent geometry, damaged
 files) go through the **series → volume**, **series → analysis** (shipped model) and
 **worker** properties of :mod:`tests.fuzz.properties`. The last test checks that nothing was
 written outside the storage roots and reports what became of the inputs (terminal summary,
@@ -23,20 +23,8 @@ from dicom_node.index import Index
 from dicom_node.storage import FileStore
 from model.scoring.inference import BodyPartRegressor
 from tests.figures import Report
-from tests.fuzz.generators import (
-    ANALYSIS_EXAMPLES,
-    READ_EXAMPLES,
-    SOAK,
-    WORKER_EXAMPLES,
-    Recipe,
-    SeriesRecipe,
-    analysis_edits,
-    fuzz_settings,
-    recipes,
-    series_blobs,
-    series_recipes,
-    worker_edits,
-)
+from tests.fuzz.damage import Recipe
+from tests.fuzz.generators import ANALYSIS_EXAMPLES, READ_EXAMPLES, SOAK, WORKER_EXAMPLES
 from tests.fuzz.properties import (
     Sandbox,
     check_series_analysis,
@@ -44,6 +32,15 @@ from tests.fuzz.properties import (
     check_worker,
     outcome_lines,
     write_inputs,
+)
+from tests.fuzz.strategies import (
+    SeriesRecipe,
+    analysis_edits,
+    fuzz_settings,
+    recipes,
+    series_blobs,
+    series_recipes,
+    worker_edits,
 )
 
 # Hostile values make pydicom warn on almost every input; that is expected, not news.
