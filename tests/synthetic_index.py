@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
+from dicom_node.headers import read_header
 from dicom_node.index import Index
-from dicom_node.ingest import ingest, read_header
+from dicom_node.ingest import ingest
 from dicom_node.storage import FileStore
 
 ROOT = "1.2.826.0.1.3680043.8.498.4242"

@@ -19,19 +19,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dicom_node.config import NodeConfig, config_from_dict
 from dicom_node.forwarding import (
     SCHEDULER_JOB_ID,
     Forwarder,
-    Verdict,
     backoff_delay,
-    classify_status,
     enqueue_forwards,
 )
+from dicom_node.headers import read_header
 from dicom_node.index import ForwardJob, ForwardState, Index, Instance
-from dicom_node.ingest import ingest, read_header
+from dicom_node.ingest import ingest
+from dicom_node.statuses import Verdict, classify_status
 from dicom_node.storage import FileStore
 
 T0 = 1_700_000_000.0
@@ -153,6 +153,16 @@ class Node:
                 ForwardJob.instance_pk == instance_pk,
                 ForwardJob.destination == destination)).one()
 
+    def status_counts(self) -> dict[ForwardState, int]:
+        """Jobs per state (every state listed, zero included)."""
+        counts = dict.fromkeys(ForwardState, 0)
+        with self.index.session() as session:
+            rows = session.execute(
+                select(ForwardJob.state, func.count()).group_by(ForwardJob.state))
+            for state, count in rows:
+                counts[ForwardState(state)] = int(count)
+        return counts
+
     def sop_uid(self, instance_pk: int) -> str:
         with self.index.session() as session:
             instance = session.get(Instance, instance_pk)
@@ -207,7 +217,7 @@ def test_accepting_peer_gets_the_sr_and_the_job_is_done(node: Node, port: int) -
         ForwardState.DONE, 1, 0x0000, T0 + 1)
     assert [ds.SOPInstanceUID for ds in pacs.received] == [node.sop_uid(pk)]
     assert pacs.received[0].ContentSequence[0].TextValue == "CHEST"
-    assert node.forwarder.status_counts() == {
+    assert node.status_counts() == {
         ForwardState.PENDING: 0, ForwardState.DONE: 1, ForwardState.FAILED: 0}
 
 

@@ -1,7 +1,8 @@
 """Query/Retrieve SCP (dicom_node.query) against real pynetdicom and DCMTK peers.
 
 A module-wide node: small synthetic instances ingested into a SQLite index and a file store,
-served by a pynetdicom AE with the QueryRetrieveService handlers on a free local port; a
+served by the node's AE (:func:`dicom_node.application_entity.build_ae`) with the
+QueryRetrieveService handlers on a free local port; a
 pynetdicom storage SCP is the C-MOVE destination. Patient names cover mixed case, ``_`` and
 ``%``, and a hyphen that an unescaped ``_`` would match.
 """
@@ -38,16 +39,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
+from dicom_node.application_entity import build_ae
 from dicom_node.config import NodeConfig, config_from_dict
+from dicom_node.contexts import move_contexts
 from dicom_node.index import Index, Instance, Series
-from dicom_node.query import (
-    CANCEL,
-    PENDING,
-    QueryRetrieveService,
-    StoredInstance,
-    add_query_retrieve_contexts,
-    storage_contexts,
-)
+from dicom_node.query import QueryRetrieveService
+from dicom_node.query_sql import StoredInstance
+from dicom_node.statuses import CANCEL, PENDING
 from dicom_node.storage import FileStore
 from tests.node_harness import free_port
 from tests.synthetic_index import Spec, populate, series_uid, sop_uid, study_uid
@@ -112,7 +110,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                                            evt_handlers=[(evt.EVT_C_STORE, on_store)])
     assert dest_server is not None
     dcmtk_port = free_port()
-    config = config_from_dict({"peers": [
+    config = config_from_dict({"network": {
+        "ae_title": NODE_AE, "acse_timeout_s": 10, "dimse_timeout_s": 10,
+        "network_timeout_s": 10}, "peers": [
         {"ae_title": "QR_SCU", "permissions": ["find", "move", "get"]},
         {"ae_title": "FIND_ONLY", "permissions": ["find"]},
         {"ae_title": "STORE_DEST", "host": "127.0.0.1",
@@ -121,13 +121,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         {"ae_title": "NO_PORT", "host": "", "port": 0, "permissions": ["find"]},
     ]}, base)
     service = QueryRetrieveService(index, store, config)
-    ae = AE(NODE_AE)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    add_query_retrieve_contexts(ae)
-    ae.add_supported_context(Verification)
-    for sop_class in STORAGE_CLASSES:
-        # As server.py does: a C-GET requestor acts as Storage SCP for what it retrieves.
-        ae.add_supported_context(sop_class, scu_role=False, scp_role=True)
+    ae = build_ae(config)
+    # The node's AE refuses unknown calling AE titles at association; these tests reach the
+    # handlers' own permission check behind it.
+    ae.require_calling_aet = []
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=service.handlers())
     assert server is not None
     try:
@@ -529,9 +526,9 @@ def test_move_bad_identifier_is_a900(node: Node) -> None:
     assert final.Status == 0xA900
 
 
-def test_storage_contexts_offer_stored_and_uncompressed_syntaxes() -> None:
+def test_move_contexts_offer_stored_and_uncompressed_syntaxes() -> None:
     jpeg = "1.2.840.10008.1.2.4.50"
-    contexts = storage_contexts([
+    contexts = move_contexts([
         StoredInstance("a", "1", CTImageStorage, jpeg),
         StoredInstance("b", "2", CTImageStorage, ExplicitVRLittleEndian),
         StoredInstance("c", "3", MRImageStorage, ExplicitVRLittleEndian),

@@ -42,8 +42,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from dicom_node.config import config_from_dict
+from dicom_node.headers import read_header
 from dicom_node.index import Instance
-from dicom_node.ingest import ingest, read_header
+from dicom_node.ingest import ingest
 from dicom_node.server import Node
 from tests.node_harness import free_port, wait_for
 
