@@ -1,21 +1,34 @@
 """The DICOM node: receive CT, analyze every completed series, write SR and index, forward, query.
 
-One module per concern:
+One module per concern; each rule of the node has one owner:
 
 - :mod:`dicom_node.config` — ``config.yaml``, every option documented and validated at start-up;
 - :mod:`dicom_node.index` — the SQLAlchemy models of the sidecar index and its sessions;
 - :mod:`dicom_node.storage` — durable files at server-chosen paths;
+- :mod:`dicom_node.headers` — reading what peers send: instance headers, UIDs, identifier
+  values, AE titles;
+- :mod:`dicom_node.statuses` — every DIMSE status the node answers or reads, and what a
+  peer's C-STORE status means for forwarding;
+- :mod:`dicom_node.contexts` — the presentation contexts accepted and proposed;
+- :mod:`dicom_node.application_entity` — the one factory of the node's AE, and its server;
+- :mod:`dicom_node.ingest` — storing and indexing one instance;
 - :mod:`dicom_node.receive` — C-ECHO and C-STORE handlers;
-- :mod:`dicom_node.series_tracking` — quiet-time completion, persisted and recomputed at start;
+- :mod:`dicom_node.series_state` — the series state machine: every change of a series' state;
+- :mod:`dicom_node.series_tracking` — quiet-time completion of series;
+- :mod:`dicom_node.recovery` — start-up recovery of the storage and of the series;
 - :mod:`dicom_node.analysis_worker` — the bounded pool that calls :func:`model.api.analyze_series`;
 - :mod:`dicom_node.sr` — the TID 1500 Structured Report;
 - :mod:`dicom_node.forwarding` — the persistent C-STORE retry queue;
-- :mod:`dicom_node.query` — C-FIND, C-MOVE and C-GET over the index;
-- :mod:`dicom_node.security` — peers, permissions and TLS;
-- :mod:`dicom_node.server` — wires them into one Application Entity;
-- :mod:`dicom_node.cli` — ``bpr serve``, ``bpr index``, ``bpr reprocess`` and the model commands.
+- :mod:`dicom_node.forward_send` — sending one batch of that queue over one association;
+- :mod:`dicom_node.matching` — DICOM attribute matching as SQL clauses;
+- :mod:`dicom_node.query_identifier` — the Query/Retrieve keys and identifier parsing;
+- :mod:`dicom_node.query_sql` — the SELECTs that answer C-FIND, C-MOVE and C-GET;
+- :mod:`dicom_node.query` — the C-FIND, C-MOVE and C-GET handlers;
+- :mod:`dicom_node.security` — peer permissions and TLS;
+- :mod:`dicom_node.server` — wires them into the running node;
+- :mod:`dicom_node.cli` — ``bpr serve``, ``bpr index`` and ``bpr reprocess``.
 
-The model is reached through :func:`model.api.analyze_series` only.
+The model is reached through :mod:`model.api` only.
 """
 
 __version__ = "0.1.0"

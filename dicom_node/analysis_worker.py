@@ -19,12 +19,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from pydicom import dcmwrite
-from sqlalchemy import update
 
 from dicom_node.config import NodeConfig
 from dicom_node.forwarding import enqueue_forwards
+from dicom_node.headers import read_header
 from dicom_node.index import Index, Region, Series, SeriesState
-from dicom_node.ingest import ingest, read_header
+from dicom_node.ingest import ingest
+from dicom_node.series_state import analysis_finished, claim
 from dicom_node.sr import build_sr
 from dicom_node.storage import FileStore
 from model.api import DECODE_ERRORS, CTInputError, Model, SeriesAnalysis, analyze_series, load_model
@@ -103,11 +104,7 @@ class AnalysisWorker:
         with self.index.session() as session:
             # A conditional UPDATE claims the series: two workers (or a worker and
             # `bpr reprocess` in another process) can never both analyze it.
-            claimed = session.execute(
-                update(Series).where(Series.id == series_pk,
-                                     Series.state == SeriesState.QUEUED)
-                .values(state=SeriesState.PROCESSING, rerun_requested=False))
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if not claim(session, series_pk):
                 return None
             series = session.get_one(Series, series_pk)
             series.wait_seconds = max(0.0, time.time() - series.last_received_at
@@ -169,10 +166,7 @@ class AnalysisWorker:
                        last_slice=r.slice_indices[-1], z_min_mm=r.z_min_mm, z_max_mm=r.z_max_mm)
                 for r in main.regions]
             series.analysis_count += 1
-            series.state = (SeriesState.RECEIVING if series.rerun_requested
-                            else SeriesState.DONE)
-            series.rerun_requested = False
-            return series.state
+            return analysis_finished(series, succeeded=True)
 
     def _fail(self, series_pk: int, exc: BaseException, stage: str = "analysis"
               ) -> SeriesState:
@@ -181,11 +175,8 @@ class AnalysisWorker:
         with self.index.session() as session:
             series = session.get_one(Series, series_pk)
             series.error = message
-            series.state = (SeriesState.RECEIVING if series.rerun_requested
-                            else SeriesState.FAILED)
-            series.rerun_requested = False
-            state = series.state
+            finished = analysis_finished(series, succeeded=False)
         if self.on_finished is not None:
-            self.on_finished(series_pk, state, None)
-        return state
+            self.on_finished(series_pk, finished, None)
+        return finished
 

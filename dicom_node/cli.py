@@ -18,12 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.analysis_worker import AnalysisWorker
 from dicom_node.config import ConfigError, NodeConfig, load_config
 from dicom_node.index import Index, Series, SeriesState, Study
+from dicom_node.series_state import reprocess_requested
 from dicom_node.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -170,19 +171,17 @@ def _reprocess(args: argparse.Namespace) -> int:
         else:
             print("name series or pass --failed", file=sys.stderr)
             return 2
-        targets = [(pk, uid) for pk, uid in session.execute(query)]
-        for pk, _uid in targets:
-            session.execute(update(Series).where(Series.id == pk)
-                            .values(state=SeriesState.QUEUED, error=None))
+        targets = [(pk, uid) for pk, uid in session.execute(query)
+                   if reprocess_requested(session, pk)]
     missing = set(args.series) - {uid for _pk, uid in targets}
     for uid in sorted(missing):
         print(f"not found (or being analyzed): {uid}", file=sys.stderr)
     worker = AnalysisWorker(index, store, config)
     failures = 0
     for pk, uid in targets:
-        state = worker.run(pk)
-        print(f"{uid}: {state.value if state else 'skipped'}")
-        failures += state is not SeriesState.DONE
+        final = worker.run(pk)
+        print(f"{uid}: {final.value if final else 'skipped'}")
+        failures += final is not SeriesState.DONE
     worker.shutdown()
     return 1 if failures or missing else 0
 

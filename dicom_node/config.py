@@ -20,7 +20,6 @@ import yaml
 
 #: The permissions a peer can hold (one per DIMSE service it may request from us).
 Permission = Literal["store", "find", "move", "get"]
-ALL_PERMISSIONS: tuple[Permission, ...] = ("store", "find", "move", "get")
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 

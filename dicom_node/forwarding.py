@@ -12,7 +12,9 @@ response, are transient failures: the job is retried with exponential backoff
 Permanent rejections — a status saying the peer will never accept this instance, no accepted
 presentation context, a rejected-permanent association (e.g. our AE title unknown there) — and
 a missing or unreadable local file fail the job at once, so a queue never retries forever.
-:meth:`Forwarder.requeue_failed` puts failed jobs back once the cause is fixed.
+:meth:`Forwarder.requeue_failed` puts failed jobs back once the cause is fixed. What a peer's
+status means is decided by :func:`dicom_node.statuses.classify_status`; one batch is sent, and
+failures before any status are judged, by :mod:`dicom_node.forward_send`.
 
 No database session is held while the network is used: due jobs are read into plain records,
 the association runs, and each outcome is written in its own short session right after its
@@ -23,117 +25,31 @@ SOP Instance UID and the status — never patient data.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.association import Association
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicom_node.application_entity import build_ae
 from dicom_node.config import ForwardingConfig, NodeConfig
+from dicom_node.forward_send import DueJob, send_batch
+from dicom_node.headers import short_uid
 from dicom_node.index import ForwardJob, ForwardState, Index, Instance
-from dicom_node.ingest import short_uid
+from dicom_node.statuses import Outcome, Verdict
 from dicom_node.storage import FileStore
-from model.api import READ_ERRORS
 
 log = logging.getLogger(__name__)
 
 #: Id of the scheduler job that polls the queue (stable, so a restart replaces it).
-SCHEDULER_JOB_ID = "forward-queue"
+SCHEDULER_JOB_ID: Final = "forward-queue"
 
 #: Most jobs one run reads; the rest wait for the next poll, so a long backlog never keeps
 #: the lock (and the memory for its records) for an unbounded time.
-MAX_JOBS_PER_RUN = 1000
-
-#: A-ASSOCIATE-RQ carries at most 128 presentation contexts (PS3.8 9.3.2.2).
-_MAX_CONTEXTS = 128
-
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-class Verdict(enum.Enum):
-    """What one attempt means for a job."""
-
-    DONE = "DONE"  # the peer holds the instance
-    RETRY = "RETRY"  # transient: try again after the backoff delay
-    FAIL = "FAIL"  # permanent: never retried (until requeued by hand)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one attempt to send one job."""
-
-    verdict: Verdict
-    #: The DIMSE status the peer answered, None when it answered none.
-    status: int | None
-    #: Why it failed or what the warning was; None after a clean success.
-    error: str | None
-
-
-#: Failure statuses after which sending the same instance again cannot succeed.
-_PERMANENT_STATUSES = {
-    0x0117: "invalid SOP instance",
-    0x0122: "SOP class not supported",
-    0x0124: "not authorized",
-    0x0211: "unrecognized operation",
-    0x0212: "mistyped argument",
-}
-
-#: Failure statuses that describe a passing condition of the peer.
-_TRANSIENT_STATUSES = {
-    0x0110: "processing failure",
-    0x0210: "duplicate invocation",
-    0x0213: "resource limitation",
-    0xFE00: "cancelled",
-}
-
-
-def classify_status(status: int) -> Outcome:
-    """Classify a C-STORE response status.
-
-    Parameters
-    ----------
-    status : int
-        The (0000,0900) Status the peer answered.
-
-    Returns
-    -------
-    Outcome
-        DONE for success and warnings (the instance is stored), FAIL for rejections that a
-        retry cannot change (0xA9xx, 0xCxxx, 0x0122, ...), RETRY for out-of-resources (0xA7xx)
-        and other passing conditions. Unknown statuses are retried: ``max_attempts`` bounds
-        them, whereas failing them at once could drop an SR over a peer's private code.
-    """
-    text = f"0x{status:04X}"
-    if status == 0x0000:
-        return Outcome(Verdict.DONE, status, None)
-    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
-        return Outcome(Verdict.DONE, status, f"stored with warning {text}")
-    if status == 0x0111:
-        # Our SR UIDs are unique, so a duplicate means an earlier attempt arrived even though
-        # its response was lost (e.g. an abort after the store): the peer holds it.
-        return Outcome(Verdict.DONE, status, f"peer already holds this instance ({text})")
-    if 0xA700 <= status <= 0xA7FF:
-        return Outcome(Verdict.RETRY, status, f"peer out of resources ({text})")
-    if 0xA900 <= status <= 0xA9FF:
-        return Outcome(Verdict.FAIL, status, f"peer: data set does not match SOP class ({text})")
-    if 0xC000 <= status <= 0xCFFF:
-        return Outcome(Verdict.FAIL, status, f"peer cannot understand the data set ({text})")
-    if status in _PERMANENT_STATUSES:
-        return Outcome(Verdict.FAIL, status, f"peer refused: {_PERMANENT_STATUSES[status]} "
-                                             f"({text})")
-    if status in _TRANSIENT_STATUSES:
-        return Outcome(Verdict.RETRY, status, f"peer: {_TRANSIENT_STATUSES[status]} ({text})")
-    return Outcome(Verdict.RETRY, status, f"peer answered unrecognized status {text}")
+MAX_JOBS_PER_RUN: Final = 1000
 
 
 def backoff_delay(attempts: int, config: ForwardingConfig) -> float:
@@ -195,17 +111,6 @@ def enqueue_forwards(session: Session, instance_pk: int, config: NodeConfig, now
     return added
 
 
-@dataclass(frozen=True)
-class _Due:
-    """What sending one job needs, copied out of the database session."""
-
-    job_id: int
-    destination: str
-    path: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
 
 class Forwarder:
     """Sends due forward jobs to their peers; the scheduler runs it every ``poll_seconds``.
@@ -217,8 +122,8 @@ class Forwarder:
     store : FileStore
         Where the instance files are.
     config : NodeConfig
-        Our AE title and timeouts (``network``), the peers and the retry policy
-        (``forwarding``).
+        Our AE (:func:`dicom_node.application_entity.build_ae`), the peers and the retry
+        policy (``forwarding``).
 
     Notes
     -----
@@ -231,6 +136,7 @@ class Forwarder:
         self._index = index
         self._store = store
         self._config = config
+        self._ae = build_ae(config)
         self._lock = threading.Lock()
         self._scheduler: Any = None
 
@@ -290,23 +196,13 @@ class Forwarder:
         """
         with self._lock:
             due = self._due(time.time() if now is None else now)
-            by_destination: dict[str, list[_Due]] = {}
+            by_destination: dict[str, list[DueJob]] = {}
             for job in due:
                 by_destination.setdefault(job.destination, []).append(job)
             done = 0
             for destination, jobs in by_destination.items():
                 done += self._send_batch(destination, jobs, now)
             return done
-
-    def status_counts(self) -> dict[ForwardState, int]:
-        """Jobs per state (every state listed, zero included)."""
-        counts = dict.fromkeys(ForwardState, 0)
-        with self._index.session() as session:
-            rows = session.execute(
-                select(ForwardJob.state, func.count()).group_by(ForwardJob.state))
-            for state, count in rows:
-                counts[ForwardState(state)] = int(count)
-        return counts
 
     def requeue_failed(self, destination: str | None = None, now: float | None = None) -> int:
         """Put FAILED jobs back in the queue (after the cause was fixed), due at once.
@@ -333,7 +229,7 @@ class Forwarder:
                 job.state, job.attempts, job.next_attempt_at = ForwardState.PENDING, 0, at
             return len(jobs)
 
-    def _due(self, now: float) -> list[_Due]:
+    def _due(self, now: float) -> list[DueJob]:
         with self._index.session() as session:
             rows = session.execute(
                 select(ForwardJob.id, ForwardJob.destination, Instance.path,
@@ -344,11 +240,11 @@ class Forwarder:
                        ForwardJob.next_attempt_at <= now)
                 .order_by(ForwardJob.next_attempt_at, ForwardJob.id)
                 .limit(MAX_JOBS_PER_RUN))
-            return [_Due(*row) for row in rows]
+            return [DueJob(*row) for row in rows]
 
     # -- network ------------------------------------------------------------------------
 
-    def _send_batch(self, destination: str, jobs: list[_Due], now: float | None) -> int:
+    def _send_batch(self, destination: str, jobs: list[DueJob], now: float | None) -> int:
         peer = self._config.peer(destination)
         if peer is None or not peer.host or not peer.port:
             outcome = Outcome(Verdict.FAIL, None,
@@ -356,101 +252,12 @@ class Forwarder:
             for job in jobs:
                 self._record(job, outcome, now)
             return 0
-        ae, jobs = self._application_entity(jobs)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-        if not assoc.is_established:
-            outcome = _association_failure(assoc, jobs)
-            log.warning("forward to %s: %s (%d job(s))", destination, outcome.error, len(jobs))
-            for job in jobs:
-                self._record(job, outcome, now)
-            return 0
-        done = 0
-        try:
-            for position, job in enumerate(jobs):
-                if not assoc.is_established:
-                    # Lost after an earlier C-STORE of this batch, which was counted; these
-                    # were never tried, so they wait for the next run unchanged.
-                    log.warning("forward to %s: association lost, %d job(s) wait for the "
-                                "next run", destination, len(jobs) - position)
-                    break
-                outcome = self._send_one(assoc, job)
-                if self._record(job, outcome, now):
-                    done += 1
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        return done
-
-    def _application_entity(self, jobs: list[_Due]) -> tuple[AE, list[_Due]]:
-        """Our AE with a presentation context per SOP class and transfer syntax of the jobs.
-
-        Jobs whose contexts would not fit in one association request are dropped from the
-        batch (left for the next run).
-        """
-        net = self._config.network
-        ae = AE(ae_title=net.ae_title)
-        net.apply_to(ae)
-        contexts: list[tuple[str, tuple[UID, ...]]] = []
-        kept: list[_Due] = []
-        for job in jobs:
-            wanted = [c for c in _contexts_for(job) if c not in contexts]
-            if len(contexts) + len(wanted) > _MAX_CONTEXTS:
-                continue
-            contexts.extend(wanted)
-            kept.append(job)
-        for sop_class, syntaxes in contexts:
-            ae.add_requested_context(sop_class, list(syntaxes))
-        return ae, kept
-
-    def _send_one(self, assoc: Association, job: _Due) -> Outcome:
-        ds_or_error = self._read(job)
-        if isinstance(ds_or_error, Outcome):
-            return ds_or_error
-        ds = ds_or_error
-        if not any(cx.abstract_syntax == job.sop_class_uid for cx in assoc.accepted_contexts):
-            return Outcome(Verdict.FAIL, None, "peer accepted no presentation context for "
-                                               f"{UID(job.sop_class_uid).name}")
-        try:
-            response = assoc.send_c_store(ds)
-        except ValueError as exc:
-            # No accepted context fits the file's transfer syntax, or it cannot be encoded
-            # in the accepted one: the same will happen on every retry.
-            return Outcome(Verdict.FAIL, None, f"cannot send: {exc}")
-        except AttributeError as exc:
-            return Outcome(Verdict.FAIL, None, f"stored file is incomplete: {exc}")
-        status = response.get("Status")
-        if status is None:
-            # Aborted, timed out or answered nonsense: the peer may or may not hold it, so
-            # this never counts as sent (a repeat is harmless, a loss is not).
-            return Outcome(Verdict.RETRY, None, "no C-STORE response (association aborted, "
-                                                "DIMSE timeout or invalid response)")
-        return classify_status(int(status))
-
-    def _read(self, job: _Due) -> Dataset | Outcome:
-        try:
-            path = self._store.absolute(job.path)
-        except ValueError:
-            return Outcome(Verdict.FAIL, None, "stored path is outside the storage root")
-        try:
-            ds = dcmread(path)
-            found = str(ds.get("SOPInstanceUID", ""))
-        except FileNotFoundError:
-            return Outcome(Verdict.FAIL, None, "stored file is missing")
-        except IsADirectoryError:
-            return Outcome(Verdict.FAIL, None, "stored path is a directory")
-        except OSError as exc:
-            # e.g. EIO on a network volume: may pass, and max_attempts bounds it.
-            return Outcome(Verdict.RETRY, None, f"cannot read the stored file: {exc.strerror}")
-        except READ_ERRORS as exc:
-            return Outcome(Verdict.FAIL, None,
-                           f"stored file is not readable DICOM ({type(exc).__name__})")
-        if found != job.sop_instance_uid:
-            return Outcome(Verdict.FAIL, None, "stored file holds a different SOP instance")
-        return ds
+        return send_batch(self._ae, peer, jobs, self._store,
+                          lambda job, outcome: self._record(job, outcome, now))
 
     # -- bookkeeping --------------------------------------------------------------------
 
-    def _record(self, job: _Due, outcome: Outcome, now: float | None) -> bool:
+    def _record(self, job: DueJob, outcome: Outcome, now: float | None) -> bool:
         """Write one outcome; True when the job is now DONE."""
         at = time.time() if now is None else now
         forwarding = self._config.forwarding
@@ -483,36 +290,3 @@ class Forwarder:
             log.warning("forward of %s to %s: attempt %d failed (status %s), retry in %.0f s: "
                         "%s", uid, job.destination, row.attempts, status, delay, outcome.error)
             return False
-
-
-def _contexts_for(job: _Due) -> list[tuple[str, tuple[UID, ...]]]:
-    """Presentation contexts to propose for one job's file.
-
-    Uncompressed little-endian files can be sent in either uncompressed syntax (pynetdicom
-    converts), so both are offered in one context. Any other syntax gets a context of its own,
-    so that a peer choosing among several syntaxes cannot pick one we cannot convert to.
-    """
-    syntax = UID(job.transfer_syntax_uid or ExplicitVRLittleEndian)
-    if syntax in _UNCOMPRESSED:
-        ordered = (syntax, *(s for s in _UNCOMPRESSED if s != syntax))
-        return [(job.sop_class_uid, ordered)]
-    contexts: list[tuple[str, tuple[UID, ...]]] = [(job.sop_class_uid, (syntax,))]
-    if not syntax.is_compressed and syntax.is_little_endian:
-        contexts.append((job.sop_class_uid, _UNCOMPRESSED))
-    return contexts
-
-
-def _association_failure(assoc: Association, jobs: list[_Due]) -> Outcome:
-    """Why no association was established, and whether that can change."""
-    response = assoc.acceptor.primitive
-    if assoc.is_rejected and response is not None:
-        what = (f"association rejected ({response.result_str}, source: {response.source_str}, "
-                f"reason: {response.reason_str})")
-        verdict = Verdict.FAIL if response.result == 0x01 else Verdict.RETRY
-        return Outcome(verdict, None, what)
-    if response is not None and response.result == 0x00 and not assoc.accepted_contexts:
-        classes = sorted({UID(job.sop_class_uid).name for job in jobs})
-        return Outcome(Verdict.FAIL, None, "peer accepted no presentation context for "
-                                           + ", ".join(classes))
-    return Outcome(Verdict.RETRY, None, "no association (connection refused or timed out, "
-                                        "or aborted during negotiation)")

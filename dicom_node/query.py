@@ -1,396 +1,102 @@
-"""Query/Retrieve SCP: C-FIND, C-MOVE and C-GET over the index and the file store.
+"""Query/Retrieve SCP: the C-FIND, C-MOVE and C-GET handlers over the index and the file store.
 
 :class:`QueryRetrieveService` holds one handler per DIMSE service, in the generator style that
 pynetdicom expects (see ``pynetdicom._handlers.doc_handle_find``/``doc_handle_move``/
-``doc_handle_get``). Register them with :meth:`QueryRetrieveService.handlers` and let the AE
-support the six contexts of :data:`QUERY_RETRIEVE_SOP_CLASSES`
-(:func:`add_query_retrieve_contexts`). C-GET sends instances back over the requestor's own
-association, so the AE must also accept the storage contexts with ``scp_role=True`` (the
-requestor acting as Storage SCP); C-MOVE opens a new association to the destination, proposing
-the SOP classes and transfer syntaxes of the matched instances.
+``doc_handle_get``). Register them with :meth:`QueryRetrieveService.handlers` on an AE from
+:func:`dicom_node.application_entity.build_ae`, which accepts the Query/Retrieve contexts and,
+because C-GET sends instances back over the requestor's own association, the storage contexts
+with ``scp_role=True``. C-MOVE opens a new association to the destination, proposing the SOP
+classes and transfer syntaxes of the matched instances (:func:`dicom_node.contexts.move_contexts`).
 
 Information models: Patient Root (levels PATIENT, STUDY, SERIES, IMAGE) and Study Root (STUDY,
-SERIES, IMAGE; the patient attributes are then study attributes). Matching follows
-:mod:`dicom_node.matching`. Queries are hierarchical without relational extensions in the
-sense of PS3.4 C.4.1.2.1: the keys of the query level and of every level above it filter and
-are returned (so the unique keys of higher levels narrow the search), keys of lower levels are
-ignored, and keys the index does not hold are returned empty. A response holds the requested
-keys only, plus the Query/Retrieve Level, the unique key of the level and Specific Character
-Set (always ``ISO_IR 192``: the index holds Unicode text; ASCII responses are byte-identical).
+SERIES, IMAGE; the patient attributes are then study attributes). Identifiers are parsed by
+:mod:`dicom_node.query_identifier` and answered by the SELECTs of :mod:`dicom_node.query_sql`,
+matching as :mod:`dicom_node.matching` says. Queries are hierarchical without relational
+extensions in the sense of PS3.4 C.4.1.2.1: the keys of the query level and of every level
+above it filter and are returned (so the unique keys of higher levels narrow the search), keys
+of lower levels are ignored, and keys the index does not hold are returned empty. A response
+holds the requested keys only, plus the Query/Retrieve Level, the unique key of the level and
+Specific Character Set (always ``ISO_IR 192``: the index holds Unicode text; ASCII responses
+are byte-identical).
 
 Retrieval (C-MOVE, C-GET) uses the unique keys only: the key of the retrieve level must be a
 single value or a list of UIDs; the unique keys of higher levels narrow the match when given.
 
-Statuses: unknown peers or peers without the permission get ``0x0124`` (Refused: not
-authorized) — unless ``security.require_known_peers`` is off, when unknown peers may do
+Statuses (:mod:`dicom_node.statuses`): unknown peers or peers without the permission get
+``NOT_AUTHORIZED`` — unless ``security.require_known_peers`` is off, when unknown peers may do
 everything; a missing, unknown or disallowed Query/Retrieve Level and key values that cannot
-be matched get ``0xA900`` (Identifier does not match SOP class); an identifier that cannot be
-decoded gets ``0xC310``/``0xC410``/``0xC510`` and a database failure ``0xC320``/``0xC420``/
-``0xC520`` (FIND/GET/MOVE, the "unable to process" range); a C-MOVE destination that is not a
-configured peer with host and port gets ``0xA801``. Nothing is logged from an identifier's
-values: logs say which service, level, peer AE title and how many matches.
+be matched get ``IDENTIFIER_DOES_NOT_MATCH``; an identifier that cannot be decoded gets
+``UNABLE_TO_PROCESS`` of the service + ``UNDECODABLE_IDENTIFIER`` (0xC310, 0xC410, 0xC510 for
+FIND, GET, MOVE) and a database failure ``UNABLE_TO_PROCESS`` + ``DATABASE_ERROR`` (0xC320,
+0xC420, 0xC520); a C-MOVE destination that is not a configured peer with host and port gets
+``MOVE_DESTINATION_UNKNOWN`` (from pynetdicom). Nothing is logged from an identifier's values:
+logs say which service, level, peer AE title and how many matches.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import dictionary_has_tag, dictionary_keyword, dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, Tag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context, evt
+from pynetdicom import evt
 from pynetdicom.events import EventHandlerType
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, exists, func, select
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.config import NodeConfig, Permission
-from dicom_node.index import Index, Instance, Series, Study
-from dicom_node.ingest import short_uid
-from dicom_node.matching import MatchError, MatchKind, classify, match, match_any
-from dicom_node.security import NOT_AUTHORIZED, allowed
+from dicom_node.contexts import move_contexts, verification_contexts
+from dicom_node.headers import ae_title, short_uid
+from dicom_node.index import Index
+from dicom_node.matching import MatchError
+from dicom_node.query_identifier import Level, QueryError, QueryRequest, parse_identifier
+from dicom_node.query_sql import (
+    StoredInstance,
+    find_statement,
+    retrieve_statement,
+    study_modalities,
+)
+from dicom_node.security import allowed
+from dicom_node.statuses import (
+    CANCEL,
+    DATABASE_ERROR,
+    IDENTIFIER_DOES_NOT_MATCH,
+    NOT_AUTHORIZED,
+    PENDING,
+    SOP_CLASS_NOT_SUPPORTED,
+    UNABLE_TO_PROCESS,
+    UNDECODABLE_IDENTIFIER,
+)
 from dicom_node.storage import FileStore
 from model.api import READ_ERRORS
 
 log = logging.getLogger(__name__)
 
-# Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4; PS3.7 C.5).
-PENDING: Final = 0xFF00
-CANCEL: Final = 0xFE00
-SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
-IDENTIFIER_DOES_NOT_MATCH: Final = 0xA900
-MOVE_DESTINATION_UNKNOWN: Final = 0xA801
-#: "Unable to process" bases per service; +0x10: undecodable identifier, +0x20: database error.
-_UNABLE_TO_PROCESS: Final = {"find": 0xC300, "get": 0xC400, "move": 0xC500}
-_UNDECODABLE: Final = 0x10
-_DATABASE_ERROR: Final = 0x20
-
+#: The top level of each supported information model, by its SOP classes.
+MODELS: Final[dict[str, Level]] = {
+    PatientRootQueryRetrieveInformationModelFind: Level.PATIENT,
+    PatientRootQueryRetrieveInformationModelMove: Level.PATIENT,
+    PatientRootQueryRetrieveInformationModelGet: Level.PATIENT,
+    StudyRootQueryRetrieveInformationModelFind: Level.STUDY,
+    StudyRootQueryRetrieveInformationModelMove: Level.STUDY,
+    StudyRootQueryRetrieveInformationModelGet: Level.STUDY,
+}
 #: Yielded instead of a dataset whose file cannot be read: pynetdicom counts a pending yield
 #: that is not a Dataset as a failed sub-operation and goes on with the next one.
 _UNREADABLE: Final = "unreadable stored instance"
-#: Most presentation contexts one association may propose (PS3.8: odd IDs 1-255).
-_MAX_CONTEXTS: Final = 128
-_CHUNK: Final = 500
+#: Specific Character Set of every C-FIND response (the index holds Unicode text).
 _RESPONSE_CHARSET: Final = "ISO_IR 192"
-_TEXT_VRS: Final = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
-_READ_ERRORS: Final[tuple[type[Exception], ...]] = READ_ERRORS
-
-
-class Level(enum.IntEnum):
-    """Query/Retrieve levels, ordered from the top of the hierarchy."""
-
-    PATIENT = 0
-    STUDY = 1
-    SERIES = 2
-    IMAGE = 3
-
-
-# pynetdicom.sop_class creates its names at import time, invisible to mypy: UIDs spelled out.
-#: The top level of each supported information model, by SOP class UID.
-_MODELS: Final[dict[str, Level]] = {
-    "1.2.840.10008.5.1.4.1.2.1.1": Level.PATIENT,  # Patient Root Q/R - FIND
-    "1.2.840.10008.5.1.4.1.2.1.2": Level.PATIENT,  # Patient Root Q/R - MOVE
-    "1.2.840.10008.5.1.4.1.2.1.3": Level.PATIENT,  # Patient Root Q/R - GET
-    "1.2.840.10008.5.1.4.1.2.2.1": Level.STUDY,  # Study Root Q/R - FIND
-    "1.2.840.10008.5.1.4.1.2.2.2": Level.STUDY,  # Study Root Q/R - MOVE
-    "1.2.840.10008.5.1.4.1.2.2.3": Level.STUDY,  # Study Root Q/R - GET
-}
-_VERIFICATION: Final = "1.2.840.10008.1.1"
-#: The SOP classes the handlers serve; the AE must support a context for each.
-QUERY_RETRIEVE_SOP_CLASSES: Final[tuple[str, ...]] = tuple(_MODELS)
-
-
-@dataclass(frozen=True)
-class QueryKey:
-    """An attribute the index can match and return.
-
-    Parameters
-    ----------
-    keyword : str
-        DICOM keyword.
-    level : Level
-        Where it lives in the Patient Root hierarchy (patient keys are study keys in Study
-        Root).
-    vr : str
-        Its value representation (decides how values match).
-    column : SQLColumnExpression or None
-        The index column or expression; None for keys computed per level (counts, the
-        modalities of a study), which are returned but never filter except as coded below.
-    unique : bool
-        The unique key of its level.
-    """
-
-    keyword: str
-    level: Level
-    vr: str
-    column: SQLColumnExpression[Any] | None
-    unique: bool = False
-
-
-#: The corrected BodyPartExamined when the node found one, else the received one.
-_BODY_PART = func.coalesce(func.nullif(Series.corrected_body_part, ""),
-                           Series.original_body_part)
-
-KEYS: Final[dict[str, QueryKey]] = {key.keyword: key for key in (
-    QueryKey("PatientID", Level.PATIENT, "LO", Study.patient_id, unique=True),
-    QueryKey("PatientName", Level.PATIENT, "PN", Study.patient_name),
-    QueryKey("PatientBirthDate", Level.PATIENT, "DA", Study.patient_birth_date),
-    QueryKey("PatientSex", Level.PATIENT, "CS", Study.patient_sex),
-    QueryKey("NumberOfPatientRelatedStudies", Level.PATIENT, "IS", None),
-    QueryKey("StudyInstanceUID", Level.STUDY, "UI", Study.study_instance_uid, unique=True),
-    QueryKey("StudyDate", Level.STUDY, "DA", Study.study_date),
-    QueryKey("StudyTime", Level.STUDY, "TM", Study.study_time),
-    QueryKey("AccessionNumber", Level.STUDY, "SH", Study.accession_number),
-    QueryKey("StudyID", Level.STUDY, "SH", Study.study_id),
-    QueryKey("StudyDescription", Level.STUDY, "LO", Study.study_description),
-    QueryKey("ReferringPhysicianName", Level.STUDY, "PN", Study.referring_physician_name),
-    QueryKey("ModalitiesInStudy", Level.STUDY, "CS", None),
-    QueryKey("NumberOfStudyRelatedSeries", Level.STUDY, "IS", None),
-    QueryKey("NumberOfStudyRelatedInstances", Level.STUDY, "IS", None),
-    QueryKey("SeriesInstanceUID", Level.SERIES, "UI", Series.series_instance_uid, unique=True),
-    QueryKey("Modality", Level.SERIES, "CS", Series.modality),
-    QueryKey("SeriesNumber", Level.SERIES, "IS", Series.series_number),
-    QueryKey("SeriesDescription", Level.SERIES, "LO", Series.series_description),
-    QueryKey("SeriesDate", Level.SERIES, "DA", Series.series_date),
-    QueryKey("BodyPartExamined", Level.SERIES, "CS", _BODY_PART),
-    QueryKey("NumberOfSeriesRelatedInstances", Level.SERIES, "IS", None),
-    QueryKey("SOPInstanceUID", Level.IMAGE, "UI", Instance.sop_instance_uid, unique=True),
-    QueryKey("SOPClassUID", Level.IMAGE, "UI", Instance.sop_class_uid),
-    QueryKey("InstanceNumber", Level.IMAGE, "IS", Instance.instance_number),
-)}
-_UNIQUE: Final[dict[Level, str]] = {key.level: key.keyword for key in KEYS.values()
-                                    if key.unique}
-#: Return keys that need no index column: their value comes from the node itself.
-_NODE_KEYS: Final = frozenset({"RetrieveAETitle", "InstanceAvailability"})
-_NOT_KEYS: Final = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
-
-
-class QueryError(ValueError):
-    """The identifier cannot be answered; ``status`` says how."""
-
-    def __init__(self, message: str, status: int = IDENTIFIER_DOES_NOT_MATCH) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class ReturnKey:
-    """One attribute to put into each C-FIND response."""
-
-    tag: BaseTag
-    keyword: str
-    vr: str
-
-
-@dataclass(frozen=True)
-class QueryRequest:
-    """A decoded, validated identifier.
-
-    Parameters
-    ----------
-    root : Level
-        Top level of the information model (PATIENT: Patient Root, STUDY: Study Root).
-    level : Level
-        The Query/Retrieve Level.
-    values : dict of str to str
-        Key values of the known keys at or above ``level`` (backslash-separated values).
-    returned : tuple of ReturnKey
-        What a C-FIND response holds besides the level and character set, request order.
-    """
-
-    root: Level
-    level: Level
-    values: dict[str, str]
-    returned: tuple[ReturnKey, ...]
-
-
-@dataclass(frozen=True)
-class StoredInstance:
-    """One instance to send in a retrieve."""
-
-    path: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-
-
-def add_query_retrieve_contexts(ae: Any) -> None:
-    """Let ``ae`` accept the Patient Root and Study Root FIND, MOVE and GET contexts."""
-    for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
-        ae.add_supported_context(sop_class)
-
-
-def key_level(key: QueryKey, root: Level) -> Level:
-    """The level of ``key`` in the model with top level ``root`` (patient keys move down)."""
-    return max(key.level, root)
-
-
-def parse_identifier(identifier: Dataset, root: Level) -> QueryRequest:
-    """Decode and validate a Query/Retrieve identifier.
-
-    Parameters
-    ----------
-    identifier : Dataset
-        The request identifier (elements may still be raw: values are decoded here, with the
-        identifier's Specific Character Set, without pydicom's value validation warnings).
-    root : Level
-        Top level of the information model.
-
-    Raises
-    ------
-    QueryError
-        Missing or unknown level, or one above the model's top level (``0xA900``).
-    MatchError
-        A key value of a form its VR does not allow (the handlers answer ``0xA900``).
-    """
-    level_text = _ascii(identifier, Tag(0x0008, 0x0052)).strip()
-    if not level_text:
-        raise QueryError("Query/Retrieve Level is missing")
-    try:
-        level = Level[level_text]
-    except KeyError:
-        raise QueryError("unknown Query/Retrieve Level") from None
-    if level < root:
-        raise QueryError("Query/Retrieve Level not in this information model")
-    encodings = _encodings(identifier)
-    values: dict[str, str] = {}
-    returned: list[ReturnKey] = []
-    # keys(), not the Dataset itself: iterating a Dataset decodes (and validates) every value.
-    for element_tag in identifier.keys():  # noqa: SIM118
-        tag = Tag(element_tag)
-        if tag.group in (0x0000, 0x0002) or tag.is_private or not dictionary_has_tag(tag):
-            continue
-        keyword = dictionary_keyword(tag)
-        if keyword in _NOT_KEYS:
-            continue
-        key = KEYS.get(keyword)
-        if key is not None:
-            if key_level(key, root) > level:
-                continue  # keys of lower levels have no meaning here (C.4.1.2.1)
-            values[keyword] = _text(identifier, tag, key.vr, encodings)
-            if key.column is not None:
-                classify(values[keyword], key.vr)  # rejects a malformed value early
-            returned.append(ReturnKey(tag, keyword, key.vr))
-            continue
-        vr = dictionary_VR(tag)
-        if vr != "SQ" and len(vr) == 2:
-            returned.append(ReturnKey(tag, keyword, vr))
-    unique = _UNIQUE[level]
-    if unique not in values:
-        unique_tag = Tag(unique)
-        returned.append(ReturnKey(unique_tag, unique, KEYS[unique].vr))
-    return QueryRequest(root, level, values, tuple(returned))
-
-
-def filters(request: QueryRequest, *, unique_only: bool = False) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of a request (all known keys, or only the unique keys).
-
-    Raises
-    ------
-    MatchError
-        A key value that cannot be matched.
-    """
-    clauses: list[ColumnElement[bool]] = []
-    for keyword, value in request.values.items():
-        key = KEYS[keyword]
-        if unique_only and not (key.unique and key.level >= request.root):
-            continue  # Patient ID is no unique key in Study Root
-        clause: ColumnElement[bool] | None
-        if keyword == "ModalitiesInStudy":
-            clause = _modalities_clause(value)
-        elif key.column is None:
-            continue  # counts are return keys only
-        else:
-            clause = match(key.column, value, key.vr)
-        if clause is not None:
-            clauses.append(clause)
-    return clauses
-
-
-def find_statement(request: QueryRequest) -> Select[*tuple[Any, ...]]:
-    """The SELECT that answers a C-FIND: one row per match, a column per returned key.
-
-    Columns are labelled with the key's keyword; non-patient levels add ``_study_pk``.
-    """
-    wanted = {item.keyword for item in request.returned}
-    where = filters(request)
-    if request.level is Level.PATIENT:
-        # No patient table: a patient is a distinct set of patient attributes over studies.
-        patient = (Study.patient_id, Study.patient_name, Study.patient_birth_date,
-                   Study.patient_sex)
-        columns = [_labelled(k) for k in ("PatientID", "PatientName", "PatientBirthDate",
-                                          "PatientSex")]
-        return (select(*columns, func.count(Study.id).label("NumberOfPatientRelatedStudies"))
-                .where(*where).group_by(*patient).order_by(*patient))
-    columns = [_labelled(key.keyword) for key in KEYS.values()
-               if key.column is not None and key_level(key, request.root) <= request.level]
-    columns.append(Study.id.label("_study_pk"))
-    for keyword, count in _COUNTS.items():
-        if keyword in wanted and KEYS[keyword].level <= request.level:
-            columns.append(count().label(keyword))
-    stmt = select(*columns)
-    if request.level is Level.STUDY:
-        stmt = stmt.select_from(Study).order_by(Study.id)
-    elif request.level is Level.SERIES:
-        stmt = (stmt.select_from(Series).join(Study, Series.study_pk == Study.id)
-                .order_by(Series.id))
-    else:
-        stmt = (stmt.select_from(Instance).join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .order_by(Instance.series_pk, Instance.instance_number, Instance.id))
-    return stmt.where(*where)
-
-
-def retrieve_statement(request: QueryRequest) -> Select[*tuple[Any, ...]]:
-    """The SELECT of the instances a C-MOVE or C-GET sends.
-
-    Raises
-    ------
-    QueryError
-        The unique key of the retrieve level is missing or not a single value / UID list, or
-        a higher unique key is not a single value.
-    """
-    for level, keyword in _UNIQUE.items():
-        if level < request.root or level > request.level:
-            continue
-        kind = classify(request.values.get(keyword, ""), KEYS[keyword].vr)
-        if level == request.level and kind not in (MatchKind.SINGLE, MatchKind.UID_LIST):
-            raise QueryError(f"{keyword} must be given to retrieve at this level")
-        if kind not in (MatchKind.UNIVERSAL, MatchKind.SINGLE, MatchKind.UID_LIST):
-            raise QueryError(f"{keyword} takes a single value or a list of UIDs here")
-    return (select(Instance.path, Instance.sop_instance_uid, Instance.sop_class_uid,
-                   Instance.transfer_syntax_uid)
-            .select_from(Instance).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id)
-            .where(*filters(request, unique_only=True))
-            .order_by(Instance.series_pk, Instance.instance_number, Instance.id))
-
-
-def storage_contexts(instances: Iterable[StoredInstance]) -> list[Any]:
-    """Presentation contexts to propose to a move destination for these instances.
-
-    One context per SOP class with the stored transfer syntaxes first, then Explicit and
-    Implicit VR Little Endian (which pynetdicom converts between); at most 128.
-    """
-    syntaxes: dict[str, list[str]] = {}
-    for item in instances:
-        known = syntaxes.setdefault(item.sop_class_uid, [])
-        if item.transfer_syntax_uid and item.transfer_syntax_uid not in known:
-            known.append(item.transfer_syntax_uid)
-    contexts = []
-    for sop_class, stored in list(syntaxes.items())[:_MAX_CONTEXTS]:
-        offered = list(dict.fromkeys([*stored, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-        contexts.append(build_context(sop_class, offered))
-    return contexts
 
 
 class QueryRetrieveService:
@@ -408,7 +114,7 @@ class QueryRetrieveService:
     Examples
     --------
     >>> service = QueryRetrieveService(index, store, config)  # doctest: +SKIP
-    >>> add_query_retrieve_contexts(ae)  # doctest: +SKIP
+    >>> ae = build_ae(config)  # doctest: +SKIP
     >>> ae.start_server((host, port), evt_handlers=service.handlers())  # doctest: +SKIP
     """
 
@@ -425,7 +131,7 @@ class QueryRetrieveService:
     def handle_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """``evt.EVT_C_FIND`` handler: yields ``(status, identifier)`` pairs.
 
-        Pending ``0xFF00`` with one response identifier per match, ``0xFE00`` on cancel, or a
+        ``PENDING`` with one response identifier per match, ``CANCEL`` on cancel, or a
         single failure status (a Dataset with Status and ErrorComment); pynetdicom sends the
         final success.
         """
@@ -453,8 +159,9 @@ class QueryRetrieveService:
         """``evt.EVT_C_MOVE`` handler: destination, sub-operation count, then datasets.
 
         Yields ``(host, port, {"contexts": ...})`` of the destination — or ``(None, None)``
-        when it is not a configured peer with host and port (pynetdicom answers ``0xA801``)
-        — then the number of instances, then ``(0xFF00, dataset)`` per instance.
+        when it is not a configured peer with host and port (pynetdicom answers
+        ``MOVE_DESTINATION_UNKNOWN``) — then the number of instances, then
+        ``(PENDING, dataset)`` per instance.
 
         pynetdicom reads a failure status only after the destination and the count, and
         connects to the destination before reading it; so a refused or invalid request to
@@ -471,16 +178,16 @@ class QueryRetrieveService:
         if failure is None:
             failure, instances = self._plan_retrieve(event, "move")
         if failure is not None:
-            yield (*destination, {"contexts": [build_context(_VERIFICATION)]})
+            yield (*destination, {"contexts": verification_contexts()})
             yield 1
             yield failure, None
             return
-        yield (*destination, {"contexts": storage_contexts(instances)})
+        yield (*destination, {"contexts": move_contexts(instances)})
         yield len(instances)
         yield from self._send(event, instances)
 
     def handle_get(self, event: Any) -> Iterator[Any]:
-        """``evt.EVT_C_GET`` handler: sub-operation count, then ``(0xFF00, dataset)`` pairs.
+        """``evt.EVT_C_GET`` handler: sub-operation count, then ``(PENDING, dataset)`` pairs.
 
         A failure is yielded after a count of 1, because pynetdicom reads the count first;
         its final response then reports that one sub-operation as failed.
@@ -506,7 +213,7 @@ class QueryRetrieveService:
         return _status(NOT_AUTHORIZED, f"{permission} is not permitted for this AE title")
 
     def _request(self, event: Any, service: str) -> QueryRequest:
-        root = _MODELS.get(str(event.request.AffectedSOPClassUID))
+        root = MODELS.get(str(event.request.AffectedSOPClassUID))
         if root is None:
             raise QueryError("information model not supported", SOP_CLASS_NOT_SUPPORTED)
         try:
@@ -517,7 +224,7 @@ class QueryRetrieveService:
             raise QueryError(str(exc)) from exc
         except READ_ERRORS as exc:
             raise QueryError(f"cannot decode the identifier ({type(exc).__name__})",
-                             _UNABLE_TO_PROCESS[service] + _UNDECODABLE) from exc
+                             UNABLE_TO_PROCESS[service] + UNDECODABLE_IDENTIFIER) from exc
 
     def _find(self, request: QueryRequest) -> tuple[list[Any], dict[int, list[str]]]:
         try:
@@ -529,12 +236,12 @@ class QueryRetrieveService:
                 rows = list(session.execute(stmt).all())
                 modalities: dict[int, list[str]] = {}
                 if any(item.keyword == "ModalitiesInStudy" for item in request.returned):
-                    modalities = _modalities(session, [row._study_pk for row in rows])
+                    modalities = study_modalities(session, [row._study_pk for row in rows])
         except SQLAlchemyError as exc:
             # The exception text holds the bound parameters, i.e. the key values: not logged.
             log.error("C-FIND query failed: %s", type(exc).__name__)
             raise QueryError("database error",
-                             _UNABLE_TO_PROCESS["find"] + _DATABASE_ERROR) from None
+                             UNABLE_TO_PROCESS["find"] + DATABASE_ERROR) from None
         return rows, modalities
 
     def _plan_retrieve(self, event: Any,
@@ -550,16 +257,13 @@ class QueryRetrieveService:
                 instances = [StoredInstance(*row) for row in session.execute(stmt).all()]
         except SQLAlchemyError as exc:
             log.error("C-%s query failed: %s", service.upper(), type(exc).__name__)
-            return _status(_UNABLE_TO_PROCESS[service] + _DATABASE_ERROR, "database error"), []
+            return _status(UNABLE_TO_PROCESS[service] + DATABASE_ERROR, "database error"), []
         log.info("C-%s from %s at %s level: %d instances", service.upper(), _calling_ae(event),
                  request.level.name, len(instances))
         return None, instances
 
     def _destination(self, event: Any) -> tuple[str, int] | None:
-        name = event.move_destination
-        if isinstance(name, bytes):
-            name = name.decode("ascii", "replace")
-        peer = self.config.peer(name or "")
+        peer = self.config.peer(ae_title(event.move_destination))
         if peer is None or not peer.host or not 0 < peer.port < 65536:
             return None
         return peer.host, peer.port
@@ -573,7 +277,7 @@ class QueryRetrieveService:
                 return
             try:
                 dataset = dcmread(self.store.absolute(item.path))
-            except _READ_ERRORS as exc:
+            except READ_ERRORS as exc:
                 log.error("cannot read stored instance %s: %s", short_uid(item.sop_instance_uid),
                           type(exc).__name__)
                 yield PENDING, _UNREADABLE
@@ -606,59 +310,6 @@ class QueryRetrieveService:
         return ds
 
 
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def _study_series_count() -> Any:
-    return (select(func.count(Series.id)).where(Series.study_pk == Study.id)
-            .correlate(Study).scalar_subquery())
-
-
-def _study_instance_count() -> Any:
-    return (select(func.count(Instance.id)).join(Series, Instance.series_pk == Series.id)
-            .where(Series.study_pk == Study.id).correlate(Study).scalar_subquery())
-
-
-def _series_instance_count() -> Any:
-    return (select(func.count(Instance.id)).where(Instance.series_pk == Series.id)
-            .correlate(Series).scalar_subquery())
-
-
-#: Correlated counts, added to a C-FIND's SELECT only when requested.
-_COUNTS: Final[dict[str, Callable[[], Any]]] = {
-    "NumberOfStudyRelatedSeries": _study_series_count,
-    "NumberOfStudyRelatedInstances": _study_instance_count,
-    "NumberOfSeriesRelatedInstances": _series_instance_count,
-}
-
-
-def _labelled(keyword: str) -> Any:
-    column = KEYS[keyword].column
-    assert column is not None
-    return column.label(keyword)
-
-
-def _modalities_clause(value: str) -> ColumnElement[bool] | None:
-    # Modalities in Study may list several modalities: a study matches when one of its series
-    # has any of them (PS3.4 C.6.1.1.3.1 allows the list for this key).
-    clause = match_any(Series.modality, [v for v in value.split("\\")], "CS")
-    if clause is None:
-        return None
-    return exists(select(Series.id).where(Series.study_pk == Study.id, clause)
-                  .correlate(Study))
-
-
-def _modalities(session: Any, study_pks: Sequence[int]) -> dict[int, list[str]]:
-    found: dict[int, set[str]] = {}
-    unique = sorted(set(study_pks))
-    for start in range(0, len(unique), _CHUNK):
-        stmt = (select(Series.study_pk, Series.modality).distinct()
-                .where(Series.study_pk.in_(unique[start:start + _CHUNK])))
-        for study_pk, modality in session.execute(stmt):
-            if modality:
-                found.setdefault(study_pk, set()).add(modality)
-    return {pk: sorted(values) for pk, values in found.items()}
-
 
 def _status(code: int, comment: str = "") -> Dataset:
     ds = Dataset()
@@ -669,48 +320,4 @@ def _status(code: int, comment: str = "") -> Dataset:
 
 
 def _calling_ae(event: Any) -> str:
-    title = event.assoc.requestor.ae_title
-    if isinstance(title, bytes):
-        title = title.decode("ascii", "replace")
-    return str(title).strip()
-
-
-def _ascii(identifier: Dataset, tag: BaseTag) -> str:
-    if tag not in identifier:
-        return ""
-    elem = identifier.get_item(tag)
-    if isinstance(elem, RawDataElement):
-        raw = elem.value or b""
-        return raw.decode("ascii").rstrip("\0 ") if isinstance(raw, bytes) else str(raw)
-    value = elem.value
-    return "" if value is None else str(value)
-
-
-def _encodings(identifier: Dataset) -> list[str]:
-    text = _ascii(identifier, Tag(0x0008, 0x0005))
-    terms = [term.strip() for term in text.split("\\")] if text else []
-    try:
-        return convert_encodings(terms or None)
-    except READ_ERRORS:
-        return convert_encodings(None)
-
-
-def _text(identifier: Dataset, tag: BaseTag, vr: str, encodings: list[str]) -> str:
-    """A key value as text, values joined by backslashes, decoded without validation."""
-    elem = identifier.get_item(tag)
-    if isinstance(elem, RawDataElement):
-        raw = elem.value or b""
-        if not isinstance(raw, bytes):
-            return str(raw)
-        if vr in _TEXT_VRS:
-            # "^", "=" and "\\" end an ISO 2022 escape sequence's scope.
-            return decode_bytes(raw, encodings, {0x5E, 0x3D, 0x5C})
-        return raw.decode("ascii")
-    value = elem.value
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("ascii")
-    if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(str(v) for v in value)
-    return str(value)
+    return ae_title(event.assoc.requestor.ae_title)

@@ -3,13 +3,15 @@
 The handler takes the dataset as the peer encoded it (no decode/re-encode round trip), decodes
 its header once to validate and index it, and answers success only after
 :func:`dicom_node.ingest.ingest` has fsynced the file and committed the index row. Every
-failure maps to a status that tells the sender to keep its copy:
+failure maps to a status (:mod:`dicom_node.statuses`) that tells the sender to keep its copy:
 
-- 0xA700 out of resources — storage full or below ``storage.min_free_bytes``, file or database
-  write failed;
-- 0xA900 — the dataset does not match the SOP class of the file meta;
-- 0xC000 — the dataset cannot be decoded or lacks valid identifying UIDs;
-- 0x0124 — the calling AE lacks the ``store`` permission.
+- ``OUT_OF_RESOURCES`` (0xA700) — storage full or below ``storage.min_free_bytes``, file or
+  database write failed;
+- ``DATA_SET_DOES_NOT_MATCH_SOP_CLASS`` (0xA900) — the dataset does not match the SOP class of
+  the file meta;
+- ``CANNOT_UNDERSTAND`` (0xC000) — the dataset cannot be decoded or lacks valid identifying
+  UIDs (:func:`dicom_node.headers.read_header`, :func:`dicom_node.headers.identifying_uids`);
+- ``NOT_AUTHORIZED`` (0x0124) — the calling AE lacks the ``store`` permission.
 """
 
 from __future__ import annotations
@@ -17,19 +19,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pynetdicom.events import Event
+from pynetdicom import evt
+from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.config import NodeConfig
+from dicom_node.headers import BadInstanceError, ae_title, read_header, short_uid
 from dicom_node.index import Index
-from dicom_node.ingest import BadInstanceError, IngestResult, ingest, read_header, short_uid
-from dicom_node.security import NOT_AUTHORIZED, allowed
+from dicom_node.ingest import IngestResult, ingest
+from dicom_node.security import allowed
+from dicom_node.statuses import NOT_AUTHORIZED, OUT_OF_RESOURCES, SUCCESS
 from dicom_node.storage import FileStore, OutOfSpaceError
 
 log = logging.getLogger(__name__)
-
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
 
 
 class StoreService:
@@ -51,13 +53,17 @@ class StoreService:
         self.config = config
         self.on_stored = on_stored
 
+    def handlers(self) -> list[EventHandlerType]:
+        """``evt_handlers`` entries binding C-ECHO and C-STORE (for ``AE.make_server``)."""
+        return [(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store)]
+
     def handle_echo(self, event: Event) -> int:
         """Verification always succeeds for an accepted association."""
         return SUCCESS
 
     def handle_store(self, event: Event) -> int:
         """Store one instance; the returned status is the C-STORE response status."""
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        calling_ae = ae_title(event.assoc.requestor.ae_title)
         if not allowed(self.config, calling_ae, "store"):
             log.warning("C-STORE refused: %s lacks the store permission", calling_ae)
             return NOT_AUTHORIZED

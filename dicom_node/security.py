@@ -1,8 +1,9 @@
 """Who may do what: peer permissions, the association checks, and TLS.
 
 Association-level checks (calling AE allow-list, called AE title, association limit) are
-pynetdicom settings applied in :mod:`dicom_node.server`; per-service permissions are checked in
-each handler with :func:`allowed`, which answers 0x0124 (Refused: Not Authorized) when false.
+pynetdicom settings applied by :func:`dicom_node.application_entity.build_ae`; per-service
+permissions are checked in each handler with :func:`allowed`; a handler answers
+:data:`~dicom_node.statuses.NOT_AUTHORIZED` when it is false.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 import ssl
 
 from dicom_node.config import NodeConfig, Permission
-
-#: Status answered to a peer that lacks the permission for a service (PS3.7 C.5.x general).
-NOT_AUTHORIZED = 0x0124
 
 
 def allowed(config: NodeConfig, calling_ae: str, permission: Permission) -> bool:

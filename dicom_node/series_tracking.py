@@ -2,9 +2,9 @@
 
 DICOM has no "series complete" message, so every node guesses from a quiet period. The guess
 must survive restarts: the last-received time of each series is in the index (written in the
-same transaction as the instance), and :meth:`SeriesTracker.recover` recomputes at start-up
-what is due. One apscheduler job per series, with the stable id ``series-<pk>``, is replaced on
-every new instance, so a series never has two pending completions.
+same transaction as the instance), and :func:`dicom_node.recovery.recover_series` recomputes
+at start-up what is due. One apscheduler job per series, with the stable id ``series-<pk>``, is
+replaced on every new instance, so a series never has two pending completions.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.base import BaseScheduler
-from sqlalchemy import select
 
 from dicom_node.index import Index, Series, SeriesState
 from dicom_node.ingest import IngestResult
+from dicom_node.series_state import quiet_time_reached
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +67,6 @@ class SeriesTracker:
                 # An instance arrived after this job was scheduled (another process, a race).
                 self.schedule(series_pk, series.last_received_at)
                 return
-            series.state = SeriesState.QUEUED
+            quiet_time_reached(series)
         log.info("series %d complete after %.0f s quiet: queued", series_pk, self.quiet_seconds)
         self.submit(series_pk)
-
-    def recover(self) -> dict[str, int]:
-        """At start-up: reschedule RECEIVING series, requeue QUEUED and interrupted ones."""
-        counts = {"receiving": 0, "queued": 0, "interrupted": 0}
-        queued: list[int] = []
-        with self.index.session() as session:
-            rows = session.scalars(select(Series).where(Series.state.in_(
-                [SeriesState.RECEIVING, SeriesState.QUEUED, SeriesState.PROCESSING])))
-            for series in rows:
-                if series.state is SeriesState.RECEIVING:
-                    counts["receiving"] += 1
-                    self.schedule(series.id, series.last_received_at)
-                    continue
-                # PROCESSING at start-up means the previous process died mid-analysis: the
-                # analysis is repeated; its SR has deterministic UIDs, so it is stored once.
-                counts["queued" if series.state is SeriesState.QUEUED else "interrupted"] += 1
-                series.state = SeriesState.QUEUED
-                queued.append(series.id)
-        for pk in queued:
-            self.submit(pk)
-        return counts

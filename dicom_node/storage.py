@@ -2,8 +2,9 @@
 
 A file is written to a temporary name in its final folder, fsynced, renamed into place and the
 folder fsynced, so that after a crash a file either is complete under its final name or is a
-``.part`` leftover that :func:`remove_partials` deletes at start-up. Names are random UUIDs in
-date folders: no UID or other peer value ever becomes part of a path.
+``.part`` leftover that :meth:`FileStore.scan_folder` deletes at start-up
+(:func:`dicom_node.recovery.recover_storage`). Names are random UUIDs in date folders: no UID
+or other peer value ever becomes part of a path.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from pydicom.uid import CTImageStorage, MRImageStorage
 
+from dicom_node.headers import read_header
 from dicom_node.index import Index
-from dicom_node.ingest import ingest, read_header
+from dicom_node.ingest import ingest
 from dicom_node.storage import FileStore
 from tests.dicom_factory import ct_instance, part10_bytes
 

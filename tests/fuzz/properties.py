@@ -1,6 +1,6 @@
 """The properties the fuzz tests check, one input at a time, and the guards they run under.
 
-- **dataset → index** (:func:`check_dataset_to_index`: :func:`dicom_node.ingest.read_header`
+- **dataset → index** (:func:`check_dataset_to_index`: :func:`dicom_node.headers.read_header`
   + :func:`~dicom_node.ingest.ingest` into a fresh :class:`~dicom_node.storage.FileStore`):
   either ``BadInstanceError`` with a failure status and nothing written, or exactly one file, at
   a server-generated ``YYYY/MM/DD/<32 hex>.dcm`` path strictly under the storage root, holding
@@ -40,8 +40,9 @@ import numpy as np
 from sqlalchemy import select
 
 from dicom_node.analysis_worker import AnalysisWorker
+from dicom_node.headers import BadInstanceError, is_valid_uid, read_header
 from dicom_node.index import Index, Instance, Series, SeriesState
-from dicom_node.ingest import BadInstanceError, ingest, is_valid_uid, read_header
+from dicom_node.ingest import ingest
 from dicom_node.storage import FileStore
 from model.api import CTInputError, analyze_series
 from model.reading.dicom import DicomReadResult, read_dicom_series

@@ -37,16 +37,14 @@ from sqlalchemy.engine import make_url
 
 from dicom_node.cli import index_rows
 from dicom_node.config import config_from_dict
+from dicom_node.headers import read_header
 from dicom_node.index import Index, Instance, Series, SeriesState, Study
-from dicom_node.ingest import ingest, read_header
-from dicom_node.query import (
-    PENDING,
-    Level,
-    QueryRetrieveService,
-    parse_identifier,
-    retrieve_statement,
-)
+from dicom_node.ingest import ingest
+from dicom_node.query import QueryRetrieveService
+from dicom_node.query_identifier import Level, parse_identifier
+from dicom_node.query_sql import retrieve_statement
 from dicom_node.server import Node
+from dicom_node.statuses import PENDING
 from dicom_node.storage import FileStore
 from tests import synthetic_index
 from tests.needs import missing

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dicom_node.config import NodeConfig, config_from_dict
 from dicom_node.forwarding import Forwarder, enqueue_forwards
-from dicom_node.index import ForwardJob, Index, Instance
-from dicom_node.ingest import ingest, read_header
+from dicom_node.headers import read_header
+from dicom_node.index import ForwardJob, ForwardState, Index, Instance
+from dicom_node.ingest import ingest
 from dicom_node.storage import FileStore
 from tests.dicom_factory import basic_text_sr
 
@@ -51,6 +52,16 @@ class Node:
             return session.scalars(select(ForwardJob).where(
                 ForwardJob.instance_pk == instance_pk,
                 ForwardJob.destination == destination)).one()
+
+    def status_counts(self) -> dict[ForwardState, int]:
+        """Jobs per state (every state listed, zero included)."""
+        counts = dict.fromkeys(ForwardState, 0)
+        with self.index.session() as session:
+            rows = session.execute(
+                select(ForwardJob.state, func.count()).group_by(ForwardJob.state))
+            for state, count in rows:
+                counts[ForwardState(state)] = int(count)
+        return counts
 
     def sop_uid(self, instance_pk: int) -> str:
         with self.index.session() as session:

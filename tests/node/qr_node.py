@@ -30,9 +30,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
+from dicom_node.application_entity import build_ae
 from dicom_node.config import NodeConfig, config_from_dict
 from dicom_node.index import Index, Instance, Series
-from dicom_node.query import PENDING, QueryRetrieveService, add_query_retrieve_contexts
+from dicom_node.query import QueryRetrieveService
+from dicom_node.statuses import PENDING
 from dicom_node.storage import FileStore
 from tests.node_harness import free_port
 from tests.synthetic_index import Spec, populate, series_uid, sop_uid
@@ -97,7 +99,9 @@ def serving(base: Path) -> Iterator[Node]:
                                            evt_handlers=[(evt.EVT_C_STORE, on_store)])
     assert dest_server is not None
     dcmtk_port = free_port()
-    config = config_from_dict({"peers": [
+    config = config_from_dict({"network": {
+        "ae_title": NODE_AE, "acse_timeout_s": 10, "dimse_timeout_s": 10,
+        "network_timeout_s": 10}, "peers": [
         {"ae_title": "QR_SCU", "permissions": ["find", "move", "get"]},
         {"ae_title": "FIND_ONLY", "permissions": ["find"]},
         {"ae_title": "STORE_DEST", "host": "127.0.0.1",
@@ -106,13 +110,10 @@ def serving(base: Path) -> Iterator[Node]:
         {"ae_title": "NO_PORT", "host": "", "port": 0, "permissions": ["find"]},
     ]}, base)
     service = QueryRetrieveService(index, store, config)
-    ae = AE(NODE_AE)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    add_query_retrieve_contexts(ae)
-    ae.add_supported_context(Verification)
-    for sop_class in STORAGE_CLASSES:
-        # As server.py does: a C-GET requestor acts as Storage SCP for what it retrieves.
-        ae.add_supported_context(sop_class, scu_role=False, scp_role=True)
+    ae = build_ae(config)
+    # The node's AE refuses unknown calling AE titles at association; these tests reach the
+    # handlers' own permission check behind it.
+    ae.require_calling_aet = []
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=service.handlers())
     assert server is not None
     try:

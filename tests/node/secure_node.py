@@ -27,7 +27,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.config import config_from_dict
-from dicom_node.ingest import ingest, read_header
+from dicom_node.headers import read_header
+from dicom_node.ingest import ingest
 from dicom_node.server import Node
 from tests.dicom_factory import ct_instance, part10_bytes
 from tests.needs import require_tool

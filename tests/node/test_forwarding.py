@@ -16,14 +16,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
-from dicom_node.forwarding import (
-    SCHEDULER_JOB_ID,
-    Verdict,
-    backoff_delay,
-    classify_status,
-    enqueue_forwards,
-)
+from dicom_node.forwarding import SCHEDULER_JOB_ID, backoff_delay, enqueue_forwards
 from dicom_node.index import ForwardJob, ForwardState
+from dicom_node.statuses import Verdict, classify_status
 from tests.node.forwarding_node import PACS, T0, Node, peer
 from tests.node_harness import free_port
 
@@ -110,7 +105,7 @@ def test_accepting_peer_gets_the_sr_and_the_job_is_done(node: Node, port: int) -
         ForwardState.DONE, 1, 0x0000, T0 + 1)
     assert [ds.SOPInstanceUID for ds in pacs.received] == [node.sop_uid(pk)]
     assert pacs.received[0].ContentSequence[0].TextValue == "CHEST"
-    assert node.forwarder.status_counts() == {
+    assert node.status_counts() == {
         ForwardState.PENDING: 0, ForwardState.DONE: 1, ForwardState.FAILED: 0}
 
 

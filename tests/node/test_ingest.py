@@ -12,8 +12,10 @@ from pydicom.uid import CTImageStorage, MRImageStorage
 from sqlalchemy import select
 
 from dicom_node.config import config_from_dict
+from dicom_node.headers import BadInstanceError, is_valid_uid, read_header
 from dicom_node.index import Index, Instance, Series, SeriesState, Study
-from dicom_node.ingest import BadInstanceError, ingest, is_valid_uid, read_header
+from dicom_node.ingest import ingest
+from dicom_node.recovery import recover_storage
 from dicom_node.server import Node
 from dicom_node.storage import WATERMARK_NAME, FileStore, OutOfSpaceError
 from tests.dicom_factory import ct_instance, part10_bytes
@@ -192,7 +194,7 @@ def test_node_recovery_indexes_orphans_then_skips_unchanged_folders(tmp_path: Pa
         duplicate = folder / "again.dcm"  # crash after a second copy of an indexed instance
         duplicate.write_bytes(data)
         (folder / "y.dcm.part").write_bytes(b"half")
-        counts = node.recover_storage()
+        counts = recover_storage(node.index, node.store, node.config)
         assert counts["folders_scanned"] == 2 and counts["partials_removed"] == 1
         assert counts["orphans_indexed"] == 2 and counts["orphans_kept"] == 0
         # The orphan is indexed where it lies (no second copy); the duplicate is gone.
@@ -203,7 +205,7 @@ def test_node_recovery_indexes_orphans_then_skips_unchanged_folders(tmp_path: Pa
         day = 24 * 3600
         for changed in node.store.changed_day_folders(None):
             os.utime(changed, (time.time() - 2 * day, time.time() - 2 * day))
-        assert node.recover_storage()["folders_scanned"] == 0
+        assert recover_storage(node.index, node.store, node.config)["folders_scanned"] == 0
     finally:
         node.index.close()
 
@@ -218,7 +220,7 @@ def test_node_recovery_indexes_orphans_on_a_full_disk(tmp_path: Path) -> None:
         orphan = node.store.root / "2020" / "01" / "02" / "lost.dcm"
         orphan.parent.mkdir(parents=True)
         orphan.write_bytes(data)
-        counts = node.recover_storage()
+        counts = recover_storage(node.index, node.store, node.config)
         assert (counts["orphans_indexed"], counts["orphans_kept"]) == (1, 0)
         assert _indexed_paths(node.index) == ["2020/01/02/lost.dcm"]
         assert orphan.read_bytes() == data

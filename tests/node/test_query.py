@@ -24,13 +24,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.config import config_from_dict
-from dicom_node.query import (
-    CANCEL,
-    PENDING,
-    QueryRetrieveService,
-    StoredInstance,
-    storage_contexts,
-)
+from dicom_node.contexts import move_contexts
+from dicom_node.query import QueryRetrieveService
+from dicom_node.query_sql import StoredInstance
+from dicom_node.statuses import CANCEL, PENDING
 from tests.node.qr_node import (
     NODE_AE,
     SPECS,
@@ -369,9 +366,9 @@ def test_move_bad_identifier_is_a900(node: Node) -> None:
     assert final.Status == 0xA900
 
 
-def test_storage_contexts_offer_stored_and_uncompressed_syntaxes() -> None:
+def test_move_contexts_offer_stored_and_uncompressed_syntaxes() -> None:
     jpeg = "1.2.840.10008.1.2.4.50"
-    contexts = storage_contexts([
+    contexts = move_contexts([
         StoredInstance("a", "1", CTImageStorage, jpeg),
         StoredInstance("b", "2", CTImageStorage, ExplicitVRLittleEndian),
         StoredInstance("c", "3", MRImageStorage, ExplicitVRLittleEndian),

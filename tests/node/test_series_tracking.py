@@ -8,6 +8,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.index import Index, Series, SeriesState, Study
+from dicom_node.recovery import recover_series
 from dicom_node.series_tracking import SeriesTracker
 from tests.node_harness import wait_for
 
@@ -81,7 +82,7 @@ def test_recover_requeues_interrupted_and_reschedules_receiving(tmp_path: Path) 
     queued = _series(index, SeriesState.QUEUED, time.time() - 100)
     interrupted = _series(index, SeriesState.PROCESSING, time.time() - 100)
     done = _series(index, SeriesState.DONE, time.time() - 100)
-    counts = tracker.recover()
+    counts = recover_series(index, tracker)
     assert counts == {"receiving": 1, "queued": 1, "interrupted": 1}
     assert sorted(submitted) == sorted([queued, interrupted])
     assert _state(index, interrupted) is SeriesState.QUEUED

@@ -1,0 +1,121 @@
+"""The series state machine: every change of ``Series.state``, one named transition each.
+
+=========================  ===========================  ====================================
+transition                 from                         to
+=========================  ===========================  ====================================
+first_instance_received    (new series)                 RECEIVING; SKIPPED (our SR, modality
+                                                        not analyzed)
+instance_received          DONE, FAILED, QUEUED         RECEIVING (PROCESSING: sets
+                                                        ``rerun_requested``)
+quiet_time_reached         RECEIVING                    QUEUED
+claim                      QUEUED                       PROCESSING
+analysis_finished          PROCESSING                   DONE, FAILED; RECEIVING when
+                                                        ``rerun_requested``
+reprocess_requested        any but PROCESSING           QUEUED
+requeued_at_startup        QUEUED, PROCESSING           QUEUED
+=========================  ===========================  ====================================
+
+A series is analyzed by one worker at a time: :func:`claim` is a conditional UPDATE, so two
+workers, or a worker and ``bpr reprocess`` in another process, never both hold it. Instances
+that arrive while it is PROCESSING set ``rerun_requested`` instead of changing the state; the
+analysis then ends in RECEIVING, so one re-analysis follows after the next quiet time.
+
+The functions change the row in the caller's session (the caller commits); they do not check
+timing — when the quiet time is over is :class:`dicom_node.series_tracking.SeriesTracker`'s
+business, when to recover is :mod:`dicom_node.recovery`'s.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from dicom_node.index import Series, SeriesState
+
+#: States a further instance sends back to RECEIVING (the volume changed: analyze again).
+_REOPENED_BY_INSTANCE = frozenset({SeriesState.DONE, SeriesState.FAILED, SeriesState.QUEUED})
+#: States a series can be in when the node starts that mean "analysis due": QUEUED, and
+#: PROCESSING left by a process that died mid-analysis.
+INTERRUPTED = frozenset({SeriesState.QUEUED, SeriesState.PROCESSING})
+
+
+def first_instance_received(series: Series, analyzed_modalities: tuple[str, ...]) -> None:
+    """A new series: RECEIVING, or SKIPPED with the reason in ``error``.
+
+    SKIPPED are the SR series this node wrote (``is_derived``) and series of a modality that
+    is not analyzed; ``series.modality`` must already be set (upper case).
+    """
+    if series.is_derived:
+        series.state, series.error = SeriesState.SKIPPED, "SR written by this node"
+    elif series.modality not in analyzed_modalities:
+        series.state = SeriesState.SKIPPED
+        series.error = f"modality {series.modality or '(none)'} is not analyzed"
+    else:
+        series.state, series.error = SeriesState.RECEIVING, None
+
+
+def instance_received(series: Series) -> None:
+    """A further instance: DONE, FAILED or QUEUED → RECEIVING; PROCESSING asks for a rerun.
+
+    RECEIVING stays (its quiet time restarts) and SKIPPED stays.
+    """
+    if series.state in _REOPENED_BY_INSTANCE:
+        series.state = SeriesState.RECEIVING
+    elif series.state is SeriesState.PROCESSING:
+        series.rerun_requested = True
+
+
+def quiet_time_reached(series: Series) -> None:
+    """RECEIVING → QUEUED: the series is taken as complete."""
+    if series.state is not SeriesState.RECEIVING:
+        raise ValueError(f"series {series.id} is {series.state.value}, not RECEIVING")
+    series.state = SeriesState.QUEUED
+
+
+def claim(session: Session, series_pk: int) -> bool:
+    """QUEUED → PROCESSING for one worker; False when it was not QUEUED (someone has it)."""
+    claimed = session.execute(
+        update(Series).where(Series.id == series_pk, Series.state == SeriesState.QUEUED)
+        .values(state=SeriesState.PROCESSING, rerun_requested=False))
+    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def analysis_finished(series: Series, *, succeeded: bool) -> SeriesState:
+    """PROCESSING → DONE or FAILED, or RECEIVING when instances arrived meanwhile.
+
+    Returns
+    -------
+    SeriesState
+        The new state; RECEIVING means: schedule its completion again.
+    """
+    if series.rerun_requested:
+        series.state = SeriesState.RECEIVING
+    else:
+        series.state = SeriesState.DONE if succeeded else SeriesState.FAILED
+    series.rerun_requested = False
+    return series.state
+
+
+def reprocess_requested(session: Session, series_pk: int) -> bool:
+    """Any state but PROCESSING → QUEUED, its error cleared (``bpr reprocess``).
+
+    Returns
+    -------
+    bool
+        False when the series is being analyzed (or is gone): nothing changed.
+    """
+    queued = session.execute(
+        update(Series).where(Series.id == series_pk, Series.state != SeriesState.PROCESSING)
+        .values(state=SeriesState.QUEUED, error=None))
+    return bool(queued.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def requeued_at_startup(series: Series) -> None:
+    """QUEUED or PROCESSING at start-up → QUEUED: the analysis is (re)done.
+
+    PROCESSING at start-up means the previous process died mid-analysis; the SR has
+    deterministic UIDs, so repeating the analysis stores it once.
+    """
+    if series.state not in INTERRUPTED:
+        raise ValueError(f"series {series.id} is {series.state.value}, not interrupted")
+    series.state = SeriesState.QUEUED
