@@ -31,7 +31,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from dicom_node.statuses import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-from model.api import READ_ERRORS, disguised_sequence
+from model.api import READ_ERRORS, disguised_sequence, unclosed_items
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -96,6 +96,9 @@ def uid_name(uid: str) -> str:
 
 def read_header(data: bytes) -> Dataset:
     """Decode a Part 10 file's header (no pixel data); ``BadInstanceError`` if it cannot."""
+    hostile = unclosed_items(data)
+    if hostile is not None:
+        raise BadInstanceError(hostile)
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=False)
         ds.ensure_file_meta()

@@ -9,8 +9,10 @@ The node imports nothing else from :mod:`model`, and needs no torch of its own:
   the model version, the JSON document, and the SOP Instance UID of each slice), and the
   header of every file read, so that the node's report needs no second read of the files;
 * :data:`READ_ERRORS`, :data:`DECODE_ERRORS`, :func:`disguised_sequence` and
-  :func:`why_not_ct` are the rules for hostile files and for what counts as CT, which the
-  node's ingest shares with the model's reader.
+  :func:`unclosed_items` are the rules for hostile files, which the node's ingest shares
+  with the model's reader;
+* :func:`private_coding_scheme` names the coding scheme of the model's own concepts, which
+  the node's report declares.
 
 Importing this module loads the reading, scoring and interpretation wings only, never the
 training or evaluation code.
@@ -36,15 +38,14 @@ from model.interpretation.records import (
     volume_record,
 )
 from model.reading.dicom import read_dicom_series
-from model.reading.dicom_frames import why_not_ct
-from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence
+from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence, unclosed_items
 from model.reading.volume import CTInputError
 from model.scoring.inference import BodyPartRegressor
 
 __all__ = [
     "DECODE_ERRORS", "READ_ERRORS", "CTInputError", "Coded", "FlagRecord", "FlagState", "Model",
     "RegionRecord", "SeriesAnalysis", "VolumeRecord", "analyze_series", "disguised_sequence",
-    "load_model", "private_coding_scheme", "why_not_ct",
+    "load_model", "private_coding_scheme", "unclosed_items",
 ]
 
 #: The loaded model, opaque to the node: made by :func:`load_model`, passed back to

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,7 +14,12 @@ from pydicom.uid import MediaStorageDirectoryStorage
 
 from model.reading.dicom_assembly import assemble
 from model.reading.dicom_frames import Frame, PixelSource, frames_of, sop_class_of
-from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence
+from model.reading.hostile import (
+    DECODE_ERRORS,
+    READ_ERRORS,
+    disguised_sequence,
+    unclosed_items,
+)
 from model.reading.volume import CTInputError, CTVolume
 
 # MemoryError too where a hostile PixelData or sequence length asks pydicom for gigabytes.
@@ -57,7 +63,8 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
     duplicate positions are collapsed, and slices are ordered by the world z of their centre.
     In-plane the pixels are flipped (or transposed) to rows anterior → posterior and columns
     right → left; tilted slices are kept as acquired. Rescale slope and intercept are applied
-    per frame and PixelPaddingValue pixels become air (:data:`PADDING_HU`).
+    per frame and PixelPaddingValue pixels become air
+    (:data:`~model.reading.dicom_assembly.PADDING_HU`).
 
     Parameters
     ----------
@@ -74,20 +81,10 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
     series: dict[str, list[Frame]] = defaultdict(list)
     uids: dict[str, str | None] = {}
     for path in paths:
-        # Read each file once, pixel bytes included (decoding waits for .pixel_array): the
-        # kept data set serves both grouping and assembly.
-        try:
-            ds = pydicom.dcmread(path)
-            pixels = PixelSource(ds)
-        except _DECODE_FAILURES as full_exc:
-            # A file cut inside its pixel data still has a usable header: group it by that
-            # and report the pixels as undecodable only if its slices are selected.
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except _READ_FAILURES as exc:
-                result.errors.append(f"{path}: not a readable DICOM file ({exc})")
-                continue
-            pixels = PixelSource(None, f"{path}: pixel data could not be decoded ({full_exc})")
+        read = _read_file(path, result.errors)
+        if read is None:
+            continue
+        ds, pixels = read
         try:
             _reject_disguised_sequences(ds)
             if sop_class_of(ds) == MediaStorageDirectoryStorage:
@@ -115,6 +112,33 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
         except _DECODE_FAILURES as exc:
             result.errors.append(f"series could not be assembled ({type(exc).__name__})")
     return result
+
+
+def _read_file(path: Path, errors: list[str]) -> tuple[Dataset, PixelSource] | None:
+    """The data set of one file with its undecoded pixels; None (reason in ``errors``)."""
+    # Read each file once, pixel bytes included (decoding waits for .pixel_array): the
+    # kept data set serves both grouping and assembly.
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        errors.append(f"{path}: not readable ({exc.strerror or type(exc).__name__})")
+        return None
+    hostile = unclosed_items(data)
+    if hostile is not None:
+        errors.append(f"{path}: {hostile}")
+        return None
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        return ds, PixelSource(ds)
+    except _DECODE_FAILURES as full_exc:
+        # A file cut inside its pixel data still has a usable header: group it by that
+        # and report the pixels as undecodable only if its slices are selected.
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except _READ_FAILURES as exc:
+            errors.append(f"{path}: not a readable DICOM file ({exc})")
+            return None
+        return ds, PixelSource(None, f"{path}: pixel data could not be decoded ({full_exc})")
 
 
 #: Attributes the reader turns into text or numbers. A sequence in their place is hostile:
