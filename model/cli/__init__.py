@@ -1,9 +1,10 @@
-"""``bpr`` command line: train, evaluate and predict.
+"""The model's ``bpr`` commands: train, predict, evaluate, crop and align.
 
 :func:`build_parser` composes the model's commands, one module each (:mod:`model.cli.train`,
 :mod:`model.cli.predict`, :mod:`model.cli.evaluate`, :mod:`model.cli.crop`,
 :mod:`model.cli.align`), with any extra commands (the node adds serve, index and
-reprocess); :func:`main` parses the arguments and runs the chosen command.
+reprocess, composed in :mod:`bpr.cli`); :func:`main` parses the arguments and runs the
+chosen command.
 """
 
 from __future__ import annotations
