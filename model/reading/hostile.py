@@ -60,6 +60,8 @@ def unclosed_items(data: bytes) -> str | None:
     Counts items of undefined length and item delimiters in the raw bytes (one linear pass,
     before any parsing): more than :data:`MAX_UNCLOSED_ITEMS` unclosed items are hostile.
     """
+    if data.count(b"\xff\xff\xff\xff") <= MAX_UNCLOSED_ITEMS:
+        return None  # every undefined length is written FFFFFFFH: one pass clears most files
     opened = sum(data.count(marker) for marker in _UNDEFINED_ITEMS)
     closed = sum(data.count(marker) for marker in _ITEM_DELIMITERS)
     if opened - closed > MAX_UNCLOSED_ITEMS:
