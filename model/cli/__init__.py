@@ -22,7 +22,7 @@ from model.cli.predict import add_predict_command
 from model.cli.train import add_train_command
 
 #: What ``bpr --help`` says above the commands.
-DESCRIPTION = "``bpr`` command line: train, evaluate and predict."
+DESCRIPTION = "Body part regression for CT: score every slice, train and evaluate the model."
 
 #: Adds one sub-command to the ``bpr`` parser (the node adds serve, index and reprocess).
 CommandRegistrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
