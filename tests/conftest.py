@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from model.paths import DEFAULT_WEIGHTS, shared_data_dir
+from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor
+from tests.dicom_factory import shrink
 from tests.figures import TITLE, Report, summary_lines
 from tests.needs import missing, require_tool
 
@@ -46,6 +49,12 @@ def shared_data() -> Path:
         missing(f"real CT data not found at {path} (set BPR_SHARED_DATA; read in place, "
                 "never copied into the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def chest_abdomen_ct(shared_data: Path) -> CTVolume:
+    """CRLM-CT-1004: 41 slices of lower chest and upper abdomen, at 6 mm pixels."""
+    return shrink(read_nifti(shared_data / "ct" / "crlm_ct_1004.nii.gz"), pixel_step=2)
 
 
 @pytest.fixture(scope="session")

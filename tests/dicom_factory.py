@@ -140,6 +140,12 @@ def shrink(
     )
 
 
+def air_slices(volume: CTVolume, n: int) -> CTVolume:
+    """The first ``n`` slices of ``volume`` filled with air: a series without a body."""
+    return CTVolume(hu=np.full_like(volume.hu[:n], -1024.0), z_mm=volume.z_mm[:n],
+                    pixel_spacing_mm=volume.pixel_spacing_mm, source="air")
+
+
 def write_ct_series(
     volume: CTVolume,
     folder: Path,

@@ -61,7 +61,7 @@ def unclosed_items(data: bytes) -> str | None:
     before any parsing): more than :data:`MAX_UNCLOSED_ITEMS` unclosed items are hostile.
     """
     if data.count(b"\xff\xff\xff\xff") <= MAX_UNCLOSED_ITEMS:
-        return None  # every undefined length is written FFFFFFFH: one pass clears most files
+        return None  # every undefined length is written FFFFFFFFH: one pass clears most files
     opened = sum(data.count(marker) for marker in _UNDEFINED_ITEMS)
     closed = sum(data.count(marker) for marker in _ITEM_DELIMITERS)
     if opened - closed > MAX_UNCLOSED_ITEMS:

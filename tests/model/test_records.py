@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
@@ -14,21 +13,14 @@ from model.interpretation.analysis import BodyPartResult, analyze
 from model.interpretation.bodypart import REGIONS, dicom_terms, region_terms
 from model.interpretation.records import region_codes, volume_record
 from model.interpretation.sanity import Anomaly, AnomalyCode, Severity
-from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor
-from tests.dicom_factory import shrink, write_ct_series
+from tests.dicom_factory import air_slices, write_ct_series
 
 
 @pytest.fixture(scope="module")
-def volume(shared_data: Path) -> CTVolume:
-    """CRLM-CT-1004: lower chest and upper abdomen, 41 slices at 6 mm pixels."""
-    return shrink(read_nifti(shared_data / "ct" / "crlm_ct_1004.nii.gz"), pixel_step=2)
-
-
-@pytest.fixture(scope="module")
-def result(volume: CTVolume, regressor: BodyPartRegressor) -> BodyPartResult:
-    return analyze(volume, regressor)
+def result(chest_abdomen_ct: CTVolume, regressor: BodyPartRegressor) -> BodyPartResult:
+    return analyze(chest_abdomen_ct, regressor)
 
 
 def uids(n: int) -> tuple[str, ...]:
@@ -89,11 +81,9 @@ def test_a_uid_per_slice_is_required(result: BodyPartResult) -> None:
         volume_record(result, uids(result.n_slices - 1))
 
 
-def test_analysis_keeps_every_header_without_pixels(volume: CTVolume, tmp_path: Path,
+def test_analysis_keeps_every_header_without_pixels(chest_abdomen_ct: CTVolume, tmp_path: Path,
                                                    regressor: BodyPartRegressor) -> None:
-    air = CTVolume(hu=np.full_like(volume.hu[:4], -1024.0), z_mm=volume.z_mm[:4],
-                   pixel_spacing_mm=volume.pixel_spacing_mm, source="air")
-    paths = write_ct_series(air, tmp_path / "ct")
+    paths = write_ct_series(air_slices(chest_abdomen_ct, 4), tmp_path / "ct")
     (tmp_path / "junk.dcm").write_bytes(b"not DICOM")
     analysis = analyze_series([*paths, tmp_path / "junk.dcm"], regressor)
     assert len(analysis.read_errors) == 1

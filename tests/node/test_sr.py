@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
-import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
@@ -18,9 +17,8 @@ from pydicom.uid import generate_uid
 from dicom_node.config import SRConfig
 from dicom_node.sr import REGION_FOUND, build_sr
 from model.api import FlagRecord, FlagState, SeriesAnalysis, analyze_series
-from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
-from tests.dicom_factory import shrink, write_ct_series, write_enhanced_ct
+from tests.dicom_factory import air_slices, write_ct_series, write_enhanced_ct
 from tests.needs import require_tool
 
 SETTINGS = SRConfig(series_number=9901, series_description="Body part regression",
@@ -49,21 +47,15 @@ def with_headers(analysis: SeriesAnalysis, headers: Sequence[pydicom.Dataset]
 
 
 @pytest.fixture(scope="module")
-def volume(shared_data: Path) -> CTVolume:
-    """CRLM-CT-1004: 41 slices of lower chest and upper abdomen at 6 mm pixels."""
-    return shrink(read_nifti(shared_data / "ct" / "crlm_ct_1004.nii.gz"), pixel_step=2)
+def source(chest_abdomen_ct: CTVolume, tmp_path_factory: pytest.TempPathFactory) -> Source:
+    return analyzed(write_ct_series(chest_abdomen_ct, tmp_path_factory.mktemp("ct")))
 
 
 @pytest.fixture(scope="module")
-def source(volume: CTVolume, tmp_path_factory: pytest.TempPathFactory) -> Source:
-    return analyzed(write_ct_series(volume, tmp_path_factory.mktemp("ct")))
-
-
-@pytest.fixture(scope="module")
-def empty_source(volume: CTVolume, tmp_path_factory: pytest.TempPathFactory) -> Source:
+def empty_source(chest_abdomen_ct: CTVolume, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Source:
     """Ten slices of air: the model finds no body and no region."""
-    air = CTVolume(hu=np.full_like(volume.hu[:10], -1024.0), z_mm=volume.z_mm[:10],
-                   pixel_spacing_mm=volume.pixel_spacing_mm, source="air")
+    air = air_slices(chest_abdomen_ct, 10)
     return analyzed(write_ct_series(air, tmp_path_factory.mktemp("air")))
 
 
@@ -218,8 +210,8 @@ def test_no_region_found(empty_source: Source, tmp_path: Path) -> None:
     assert len(referenced(by_label["whole series"])) == len(empty_source.headers)
 
 
-def test_enhanced_ct_is_referenced_once(volume: CTVolume, tmp_path: Path) -> None:
-    enhanced = analyzed([write_enhanced_ct(volume, tmp_path / "enhanced.dcm")])
+def test_enhanced_ct_is_referenced_once(chest_abdomen_ct: CTVolume, tmp_path: Path) -> None:
+    enhanced = analyzed([write_enhanced_ct(chest_abdomen_ct, tmp_path / "enhanced.dcm")])
     sr = written(build_sr(enhanced.analysis, SETTINGS), tmp_path / "sr.dcm")
     uid = str(enhanced.headers[0].SOPInstanceUID)
     for group in groups(sr).values():
