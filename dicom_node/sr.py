@@ -173,7 +173,7 @@ def _groups(volume: VolumeRecord, references: Sequence[tuple[str, str]],
                   (MIN_SCORE, region.min_score, SCORE), (MAX_SCORE, region.max_score, SCORE),
                   (SLICE_COUNT, len(region.slice_indices), SLICES)]
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(series_uid, label + region.name),
+            tracking_identifier=_tracking(series_uid, label + region.label),
             algorithm_id=algorithm,
             finding_sites=[hd.sr.FindingSite(_code(region.code))],
             measurements=[hd.sr.Measurement(name=n, value=v, unit=u)

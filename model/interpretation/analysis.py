@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, TypeGuard
 
@@ -29,14 +29,23 @@ from model.interpretation.bodypart import (
     DicomTerm,
     LandmarkScore,
     RegionRange,
-    TagResult,
     body_part_examined_dict,
     body_part_examined_tag,
     describe_boundaries,
-    dicom_term_for_regions,
     landmark_table,
     scores_table_dict,
-    tag_regions_with_legs,
+)
+from model.interpretation.clinical import ClinicalRegion, ClinicalResult, clinical_regions
+from model.interpretation.discontinuity import (
+    DiscontinuitySettings,
+    discontinuity_anomalies,
+    find_discontinuities,
+    judge_breaks,
+)
+from model.interpretation.image_content import (
+    ImageContent,
+    image_content,
+    limb_crop_anomaly,
 )
 from model.interpretation.postprocess import (
     CleanedScores,
@@ -48,13 +57,10 @@ from model.interpretation.postprocess import (
 from model.interpretation.sanity import (
     DEFAULT_SLOPE_RATIO_THRESHOLD,
     Anomaly,
-    DiscontinuitySettings,
     Severity,
     SlopeCheck,
     check_slope,
     ct_content_anomaly,
-    discontinuity_anomalies,
-    find_discontinuities,
     no_body_anomaly,
     ratio_range_from_threshold,
     scope_anomaly,
@@ -127,6 +133,7 @@ class BodyPartResult:
     unprocessed_scores: tuple[float, ...]
     cleaned_scores: tuple[float | None, ...]
     regions: Mapping[str, RegionRange | None]
+    clinical_regions: Mapping[str, ClinicalRegion]
     body_part_examined: str | None
     snomed: DicomTerm | None
     term_regions: tuple[str, ...]
@@ -172,9 +179,12 @@ class BodyPartResult:
             "body_part_examined": self.body_part_examined,
             "body_part_examined_snomed": snomed,
             "body_part_examined_tag": self.body_part_examined_tag,
-            "body_part_examined_detail": {"regions": list(self.term_regions),
-                                          "note": self.term_note,
-                                          "tag_method": self.tag_method},
+            "body_part_examined_detail": {
+                "regions": list(self.term_regions), "note": self.term_note,
+                "rule": "clinical_regions", "tag_method": self.tag_method,
+                "withheld_by": [a.to_dict() for a in self.anomalies
+                                if a.severity is Severity.ERROR]},
+            "clinical_regions": {r: v.to_dict() for r, v in self.clinical_regions.items()},
             "regions": {r: (v.to_dict() if v is not None else None)
                         for r, v in self.regions.items()},
             "reverse_z_ordering": self.reverse_z_ordering,
@@ -247,9 +257,14 @@ def analyze(volume: CTVolume, regressor: BodyPartRegressor | None = None, *,
 
 
 def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike | None,
-              regressor: BodyPartRegressor, settings: AnalysisSettings) -> BodyPartResult:
-    """:func:`analyze` after scoring (for callers that already have the scores)."""
+              regressor: BodyPartRegressor, settings: AnalysisSettings,
+              content: ImageContent | None = None) -> BodyPartResult:
+    """:func:`analyze` after scoring (for callers that already have the scores).
+
+    ``content`` is measured on ``volume.hu`` when not given.
+    """
     stats = regressor.meta.statistics
+    content = content or image_content(volume.hu, volume.pixel_spacing_mm)
     z = np.asarray(volume.z_mm, dtype=np.float64)
     cleaned = clean_scores(z, scored.scores, body_pixels=body_pixels, statistics=stats,
                            settings=settings.postprocess)
@@ -257,13 +272,18 @@ def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike 
     expected, valid_range, warnings = _slope_parameters(stats, settings)
     warnings = list(cleaned.warnings) + warnings
     check = check_slope(z, cleaned.scores, expected, valid_range)
-    anomalies = _anomalies(volume, cleaned, check, table, settings)
+    if content.limb_crop:
+        # the model cannot place a limb crop: its slope says nothing about the header
+        check = replace(check, reverse_z_ordering=None, valid_z_spacing=None,
+                        expected_z_spacing_mm=None)
+    anomalies = _anomalies(volume, cleaned, check, table, settings, content)
     regions = body_part_examined_dict(z, cleaned.scores, table, settings.region_boundaries)
     tag = body_part_examined_tag(cleaned.scores, _z_range(z, cleaned), table,
                                  valid_z_spacing=check.valid_z_spacing,
                                  placeable=not check.unplaceable,
                                  z_range_threshold_mm=settings.z_range_threshold_mm)
-    term, term_regions, note = _term(tag, regions, anomalies, settings)
+    clinical = clinical_regions(z, cleaned.scores, table)
+    term, term_regions, note = _term(clinical, anomalies)
     return BodyPartResult(
         identity=volume.identity, source=volume.source,
         series_instance_uid=volume.series_instance_uid, n_slices=volume.n_slices,
@@ -272,7 +292,8 @@ def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike 
         input_warnings=tuple(volume.warnings), patient_z_mm=tuple(float(v) for v in z),
         unprocessed_scores=tuple(float(v) for v in cleaned.unprocessed),
         cleaned_scores=tuple(float(v) if math.isfinite(v) else None for v in cleaned.scores),
-        regions=regions, body_part_examined=term.term if term else None, snomed=term,
+        regions=regions, clinical_regions=clinical.regions,
+        body_part_examined=term.term if term else None, snomed=term,
         term_regions=term_regions, term_note=note, body_part_examined_tag=tag.tag,
         tag_method=tag.method, reverse_z_ordering=check.reverse_z_ordering,
         valid_z_spacing=check.valid_z_spacing, z_spacing_mm=check.z_spacing_mm,
@@ -322,19 +343,22 @@ def _positive(x: object) -> TypeGuard[float]:
 
 
 def _anomalies(volume: CTVolume, cleaned: CleanedScores, check: SlopeCheck,
-               table: Mapping[str, LandmarkScore], settings: AnalysisSettings
-               ) -> list[Anomaly]:
+               table: Mapping[str, LandmarkScore], settings: AnalysisSettings,
+               content: ImageContent) -> list[Anomaly]:
     found: list[Anomaly | None] = []
     if settings.check_content:
         found.append(ct_content_anomaly(volume.hu))
     found.append(no_body_anomaly(cleaned))
+    found.append(limb_crop_anomaly(content))
     if cleaned.kept.any():
         scores = [v.score for v in table.values()]
         found.append(scope_anomaly(cleaned, (min(scores), max(scores))))
-        found += slope_anomalies(check, cleaned.z_mm)
+        if not content.limb_crop:
+            found += slope_anomalies(check, cleaned.z_mm)
         unprocessed = np.where(cleaned.empty, np.nan, cleaned.unprocessed)
+        candidates = find_discontinuities(cleaned.z_mm, unprocessed, settings.discontinuity)
         found += discontinuity_anomalies(
-            find_discontinuities(cleaned.z_mm, unprocessed, settings.discontinuity))
+            judge_breaks(cleaned.z_mm, unprocessed, candidates, settings.discontinuity))
     return [a for a in found if a is not None]
 
 
@@ -347,16 +371,14 @@ def _z_range(z: npt.NDArray[np.float64], cleaned: CleanedScores) -> float:
     return float(np.ptp(kept)) + spacing
 
 
-def _term(tag: TagResult, regions: Mapping[str, RegionRange | None],
-          anomalies: Sequence[Anomaly], settings: AnalysisSettings
+def _term(clinical: ClinicalResult, anomalies: Sequence[Anomaly]
           ) -> tuple[DicomTerm | None, tuple[str, ...], str]:
-    errors = [a.code.value for a in anomalies if a.severity is Severity.ERROR]
+    errors = [a for a in anomalies if a.severity is Severity.ERROR]
     if errors:
-        return None, (), f"withheld: {', '.join(dict.fromkeys(errors))}"
-    names = tag_regions_with_legs(tag, regions, settings.min_legs_mm)
-    if not names:
+        return None, (), "withheld: " + "; ".join(f"{a.code.value} ({a.message})" for a in errors)
+    if clinical.choice is None:
         return None, (), "no region found"
-    choice = dicom_term_for_regions(names)
+    choice = clinical.choice
     return choice.term, choice.regions, choice.note
 
 

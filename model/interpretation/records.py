@@ -35,16 +35,19 @@ class Coded:
 
 @dataclass(frozen=True)
 class RegionRecord:
-    """One body region found in the volume.
+    """One contiguous run of slices of a clinical region named by the corrected term.
+
+    A region the series shows in several stretches (slices removed between them) gives one
+    record per stretch, ``part`` 1, 2, … of ``parts``; never one min-max span.
 
     Attributes
     ----------
     name : str
-        Model region name (``legs``, ``pelvis``, ``abdomen``, ``chest``, ``neck``, ``head``).
+        Region name (``legs``, ``pelvis``, ``abdomen``, ``chest``, ``neck``, ``head``).
     code : Coded
         Its CID 4031 SNOMED CT code.
     slice_indices : tuple of int
-        Slices of the region, in the volume's slice order (feet → head).
+        Consecutive slices of the run, in the volume's slice order (feet → head).
     z_min_mm, z_max_mm : float
         Patient z range of those slices.
     min_score, max_score : float or None
@@ -58,6 +61,13 @@ class RegionRecord:
     z_max_mm: float
     min_score: float | None
     max_score: float | None
+    part: int = 1
+    parts: int = 1
+
+    @property
+    def label(self) -> str:
+        """The region name, with the part number when the region has several runs."""
+        return self.name if self.parts == 1 else f"{self.name} part {self.part}"
 
 
 @dataclass(frozen=True)
@@ -158,17 +168,21 @@ def volume_record(result: BodyPartResult, slice_sop_instance_uids: tuple[str, ..
 
 
 def _regions(result: BodyPartResult) -> tuple[RegionRecord, ...]:
+    """Runs of the clinical regions the corrected term names (none when it is withheld)."""
     codes = region_codes()
     records = []
     for name in REGIONS:
-        found = result.regions.get(name)
-        if found is None:
+        region = result.clinical_regions.get(name)
+        if region is None or name not in result.term_regions or not region.runs:
             continue
-        scores = [s for s in (result.cleaned_scores[i] for i in found.indices) if s is not None]
-        records.append(RegionRecord(
-            name=name, code=codes[name], slice_indices=found.indices,
-            z_min_mm=found.z_min_mm, z_max_mm=found.z_max_mm,
-            min_score=min(scores, default=None), max_score=max(scores, default=None)))
+        for part, run in enumerate(region.runs, start=1):
+            indices = tuple(range(run.first, run.last + 1))
+            scores = [s for s in (result.cleaned_scores[i] for i in indices) if s is not None]
+            records.append(RegionRecord(
+                name=name, code=codes[name], slice_indices=indices,
+                z_min_mm=run.z_first_mm, z_max_mm=run.z_last_mm,
+                min_score=min(scores, default=None), max_score=max(scores, default=None),
+                part=part, parts=len(region.runs)))
     return tuple(records)
 
 

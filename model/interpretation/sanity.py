@@ -12,9 +12,8 @@
   than that curve as stored. We therefore calibrate the valid range [r_lo, r_hi] of |r| on
   each side separately (``calibrate_slope_ratio_range``, same module) and fall back to 1 ± θ only
   for models without it.
-* **discontinuities**: jumps of the raw score between neighbouring slices that the local
-  slope and noise cannot explain and that persist (a level shift, not one odd slice), as
-  when two series are stacked into one.
+* **discontinuities** live in :mod:`model.interpretation.discontinuity` (an error only on
+  evidence of a stacked or corrupt series).
 * **no body**, **non-CT content** and **out of the model's scope**.
 
 Every finding is an :class:`Anomaly` record. ``severity`` "error" means the body part
@@ -24,7 +23,7 @@ result cannot be trusted (no DICOM term is given); "warning" means the term stan
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -258,97 +257,6 @@ def slope_anomalies(check: SlopeCheck, z_mm: npt.ArrayLike) -> list[Anomaly]:
                      "z_spacing_mm": check.z_spacing_mm,
                      "expected_z_spacing_mm": check.expected_z_spacing_mm}))
     return out
-
-
-# --- discontinuities ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiscontinuitySettings:
-    """Parameters of :func:`find_discontinuities`.
-
-    Attributes
-    ----------
-    min_jump : float
-        Smallest jump in score units that counts (8 ≈ 7 cm of anatomy). Single series of
-        the shared data shift by at most 9.4 where their content is cut abruptly (OpenKBP
-        boxes) and otherwise by less than 4.
-    noise_factor : float
-        A jump must also exceed this many robust standard deviations of the
-        neighbour-to-neighbour score changes.
-    window : int
-        Slices on each side whose medians must confirm the jump as a level shift.
-    min_support : int
-        Fewest scored slices on each side: one or two odd end slices (partial content at
-        the edge of the scan) are not a second series.
-    """
-
-    min_jump: float = 8.0
-    noise_factor: float = 6.0
-    window: int = 5
-    min_support: int = 3
-
-
-@dataclass(frozen=True)
-class Break:
-    """A discontinuity between slice ``before`` and slice ``after`` (volume indices)."""
-
-    before: int
-    after: int
-    z_before_mm: float
-    z_after_mm: float
-    jump: float  # level shift in score units, beyond the local trend
-
-
-def find_discontinuities(z_mm: npt.ArrayLike, scores: npt.ArrayLike,
-                         settings: DiscontinuitySettings | None = None) -> list[Break]:
-    """Level shifts of the unsmoothed scores between neighbouring slices.
-
-    The trend is the median tangential slope of the raw curve (robust to the breaks it
-    looks for); a neighbour step minus the trend is a candidate when it exceeds
-    ``max(min_jump, noise_factor · σ)``, σ the robust spread of all such steps, and it is
-    kept when the medians of ``window`` detrended slices on either side differ by at least
-    half that threshold in the same direction, so one odd slice is not a break.
-
-    Parameters
-    ----------
-    z_mm, scores : array_like, shape (n,)
-        Patient z and unprocessed scores with NaN for empty slices.
-    settings : DiscontinuitySettings, optional
-    """
-    cfg = settings or DiscontinuitySettings()
-    z = np.asarray(z_mm, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    idx = np.flatnonzero(np.isfinite(s))
-    if idx.size < 2 * cfg.min_support:
-        return []
-    zk, sk = z[idx], s[idx]
-    trend = float(np.median(np.diff(sk) / np.diff(zk)))
-    resid = sk - trend * zk
-    steps = np.diff(resid)
-    sigma = 1.4826 * float(np.median(np.abs(steps - np.median(steps))))
-    limit = max(cfg.min_jump, cfg.noise_factor * sigma)
-    breaks = []
-    candidates = np.flatnonzero(np.abs(steps) > limit)
-    support = cfg.min_support
-    for i in candidates[(candidates + 1 >= support) & (candidates + 1 <= idx.size - support)]:
-        before = resid[max(0, i + 1 - cfg.window): i + 1]
-        after = resid[i + 1: i + 1 + cfg.window]
-        shift = float(np.median(after) - np.median(before))
-        if abs(shift) >= limit / 2 and np.sign(shift) == np.sign(steps[i]):
-            breaks.append(Break(int(idx[i]), int(idx[i + 1]), float(zk[i]), float(zk[i + 1]),
-                                shift))
-    return breaks
-
-
-def discontinuity_anomalies(breaks: Sequence[Break]) -> list[Anomaly]:
-    """One error record per break."""
-    return [Anomaly(
-        AnomalyCode.DISCONTINUITY, Severity.ERROR,
-        f"score jumps by {b.jump:+.1f} between slices {b.before} and {b.after} "
-        f"(z {b.z_before_mm:.1f} → {b.z_after_mm:.1f} mm): stacked, duplicated or corrupt "
-        "series", slices=(b.before, b.after), z_mm=(b.z_before_mm, b.z_after_mm),
-        details={"jump": b.jump}) for b in breaks]
 
 
 # --- image content and scope --------------------------------------------------------------

@@ -51,11 +51,18 @@ def test_record_of_a_chest_abdomen_volume(result: BodyPartResult) -> None:
     names = [r.name for r in record.regions]
     assert {"chest", "abdomen"} <= set(names)
     assert names == [r for r in REGIONS if r in names]  # feet → head
+    assert set(names) == set(result.term_regions)  # the corrected term's regions only
     for region in record.regions:
-        found = result.regions[region.name]
-        assert found is not None and region.slice_indices == found.indices
+        lo, hi = result.clinical_regions[region.name].score_range
+        indices = region.slice_indices
+        assert indices == tuple(range(indices[0], indices[-1] + 1))  # one contiguous run
+        # no slice of the run lies outside the region
+        assert all(s is not None and lo <= s < hi
+                   for s in (result.cleaned_scores[i] for i in indices))
         assert region.min_score is not None and region.max_score is not None
         assert region.min_score <= region.max_score
+        assert (region.z_min_mm, region.z_max_mm) == (result.patient_z_mm[indices[0]],
+                                                      result.patient_z_mm[indices[-1]])
     assert record.anomalies == tuple(sorted({a.code.value for a in result.anomalies}))
     assert record.document == result.to_json_dict()
     assert {f.state for f in record.flags} == {"no"}  # a clean series: every check ran

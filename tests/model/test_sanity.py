@@ -21,14 +21,13 @@ from model.interpretation.analysis import (
     analyze,
     score_with_content,
 )
+from model.interpretation.discontinuity import DiscontinuitySettings, find_discontinuities
 from model.interpretation.postprocess import CleanedScores, clean_scores
 from model.interpretation.sanity import (
     AnomalyCode,
-    DiscontinuitySettings,
     Severity,
     check_slope,
     ct_content_anomaly,
-    find_discontinuities,
     no_body_anomaly,
     ratio_range_from_threshold,
     scope_anomaly,
