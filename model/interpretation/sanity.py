@@ -59,6 +59,16 @@ MAX_OUTSIDE_HU_FRACTION = 0.01
 MIN_AIR_FRACTION = 1e-4
 #: Voxels sampled per volume for the content check (bounds time on 512² series).
 CONTENT_SAMPLE = 2_000_000
+#: Offset of CT stored as HU + 1024 whose RescaleIntercept was written as 0 instead of
+#: −1024 (air reads ≈ 0, fat ≈ +925). The content check names this cause rather than
+#: correcting it: a volume whose air is missing for another reason must not be shifted.
+HU_OFFSET_SUSPECT = 1024.0
+#: The offset is suspected when the 1st percentile (air) lies within this of 0 HU...
+OFFSET_AIR_TOLERANCE_HU = 100.0
+#: ...and, shifted back, the volume passes the content check and the median of its body
+#: voxels (> :data:`BODY_HU`) lies in this range: soft tissue, as in every CT of the shared
+#: data (−90…+40 HU); MR magnitudes have no such anchor.
+SOFT_TISSUE_MEDIAN_HU = (-200.0, 200.0)
 
 
 class AnomalyCode(StrEnum):
@@ -267,10 +277,32 @@ def ct_content_anomaly(hu: npt.NDArray[np.floating[Any]]) -> Anomaly | None:
 
     Checks a sample of voxels: at most :data:`MAX_OUTSIDE_HU_FRACTION` outside
     :data:`CT_HU_RANGE`, and at least :data:`MIN_AIR_FRACTION` below :data:`BODY_HU`.
+    Scanner padding is air by now (:mod:`model.reading.padding`), so this rejects what is
+    really not CT: MR magnitudes, PET, wrongly rescaled data. When the volume looks like
+    CT stored as HU + :data:`HU_OFFSET_SUSPECT` with RescaleIntercept 0, the message names
+    that cause.
     """
     sample = _sample(hu)
     if sample.size == 0:
         return None
+    reasons, outside, air = _content_reasons(sample)
+    if not reasons:
+        return None
+    p01 = float(np.percentile(sample, 1))
+    offset = _looks_offset(sample, p01)
+    if offset:
+        reasons.append(f"air reads ≈ {p01:.0f} instead of −1000 HU: stored values look like "
+                       f"HU + {HU_OFFSET_SUSPECT:g} with RescaleIntercept 0 (should be "
+                       f"−{HU_OFFSET_SUSPECT:g})")
+    return Anomaly(AnomalyCode.NOT_CT, Severity.ERROR,
+                   "intensities do not look like CT in Hounsfield units: " + "; ".join(reasons),
+                   details={"outside_fraction": outside, "air_fraction": air,
+                            "p01": p01, "p99": float(np.percentile(sample, 99)),
+                            "likely_hu_offset": HU_OFFSET_SUSPECT if offset else None})
+
+
+def _content_reasons(sample: FloatVector) -> tuple[list[str], float, float]:
+    """Why ``sample`` is not CT-like (empty when it is), its outside and air fractions."""
     outside = float(np.mean((sample < CT_HU_RANGE[0]) | (sample > CT_HU_RANGE[1])))
     air = float(np.mean(sample < BODY_HU))
     reasons = []
@@ -279,13 +311,18 @@ def ct_content_anomaly(hu: npt.NDArray[np.floating[Any]]) -> Anomaly | None:
                        f"{CT_HU_RANGE[1]:g} HU")
     if air < MIN_AIR_FRACTION:
         reasons.append(f"no air: {100 * air:.3f} % of voxels below {BODY_HU:g} HU")
-    if not reasons:
-        return None
-    return Anomaly(AnomalyCode.NOT_CT, Severity.ERROR,
-                   "intensities do not look like CT in Hounsfield units: " + "; ".join(reasons),
-                   details={"outside_fraction": outside, "air_fraction": air,
-                            "p01": float(np.percentile(sample, 1)),
-                            "p99": float(np.percentile(sample, 99))})
+    return reasons, outside, air
+
+
+def _looks_offset(sample: FloatVector, p01: float) -> bool:
+    """Whether ``sample`` looks like CT stored as HU + :data:`HU_OFFSET_SUSPECT`."""
+    if abs(p01) > OFFSET_AIR_TOLERANCE_HU:
+        return False
+    shifted: FloatVector = sample - HU_OFFSET_SUSPECT
+    body = shifted[shifted > BODY_HU]
+    if body.size == 0 or _content_reasons(shifted)[0]:
+        return False
+    return bool(SOFT_TISSUE_MEDIAN_HU[0] <= np.median(body) <= SOFT_TISSUE_MEDIAN_HU[1])
 
 
 def _sample(hu: npt.NDArray[np.floating[Any]]) -> FloatVector:

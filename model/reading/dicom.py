@@ -63,8 +63,8 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
     duplicate positions are collapsed, and slices are ordered by the world z of their centre.
     In-plane the pixels are flipped (or transposed) to rows anterior → posterior and columns
     right → left; tilted slices are kept as acquired. Rescale slope and intercept are applied
-    per frame and PixelPaddingValue pixels become air
-    (:data:`~model.reading.dicom_assembly.PADDING_HU`).
+    per frame; padding (PixelPaddingValue / PixelPaddingRangeLimit pixels, and anything far
+    below air) becomes air (:mod:`model.reading.padding`).
 
     Parameters
     ----------

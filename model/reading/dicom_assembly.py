@@ -18,6 +18,13 @@ import numpy.typing as npt
 
 from model.reading.dicom_frames import Frame, Vector
 from model.reading.hostile import DECODE_ERRORS
+from model.reading.padding import (
+    PADDING_HU,
+    describe_header_range,
+    header_padding_range,
+    pad_below_air,
+    padding_warning,
+)
 from model.reading.volume import CTInputError, CTVolume, FloatArray
 
 #: Slices whose positions along the normal differ by at most this are duplicates.
@@ -25,9 +32,6 @@ DUPLICATE_TOLERANCE_MM = 0.01
 
 #: Spacings above this multiple of the median spacing are reported as gaps.
 GAP_FACTOR = 1.5
-
-#: HU given to PixelPaddingValue pixels (outside the reconstructed field of view).
-PADDING_HU = -1024.0
 
 #: Smaller angles between slice normal and body axis are rounding noise in the cosines.
 TILT_WARN_DEG = 0.5
@@ -51,7 +55,14 @@ def assemble(uid: str | None, frames: list[Frame], errors: list[str]) -> CTVolum
     ref = frames[0]
     normal = _axial_normal(ref, label, warnings)
     frames = _order_by_z(_collapse_duplicates(frames, normal, warnings), normal, warnings)
-    hu, frames, swap = _decode_volume(frames, ref, label, errors)
+    header_padding: Counter[str] = Counter()
+    hu, frames, swap = _decode_volume(frames, ref, label, errors, header_padding)
+    below_air, withheld = pad_below_air(hu)
+    padded = padding_warning(hu.size, header_voxels=header_padding.total(),
+                             header=" / ".join(header_padding), below_air_voxels=below_air,
+                             withheld=withheld)
+    if padded is not None:
+        warnings.append(padded)
     spacing = (ref.spacing[1], ref.spacing[0]) if swap else ref.spacing
     z_mm = np.array([f.centre[2] for f in frames], dtype=np.float64)
     if len(z_mm) > 1 and not np.all(np.diff(z_mm) > 0):
@@ -138,11 +149,12 @@ def _order_by_z(frames: list[Frame], normal: Vector, warnings: list[str]) -> lis
     return [frames[i] for i in np.argsort(z, kind="stable")]
 
 
-def _decode_volume(frames: list[Frame], ref: Frame, label: str, errors: list[str]
-                   ) -> tuple[FloatArray, list[Frame], bool]:
+def _decode_volume(frames: list[Frame], ref: Frame, label: str, errors: list[str],
+                   header_padding: Counter[str]) -> tuple[FloatArray, list[Frame], bool]:
     """HU of the frames in canonical layout, the frames decoded, and whether rows and
     columns were swapped; frames that fail to decode are left out and reported in
-    ``errors``."""
+    ``errors``, pixels the header marks as padding are counted in ``header_padding`` (per
+    header description)."""
     # Decode straight into the final float32 array (no per-slice copies and no stack), laid
     # out canonically so that feet-first, prone or transposed series need no second copy.
     swap, flip_cols, flip_rows = _in_plane_flips(ref.row_dir, ref.col_dir)
@@ -156,7 +168,8 @@ def _decode_volume(frames: list[Frame], ref: Frame, label: str, errors: list[str
     # GIL-bound Python, even for JPEG 2000), so it was not worth the complexity.
     filled: list[int] = []
     for slots in by_file.values():
-        done, error = _decode_into([frames[i] for i in slots], slots, as_stored)
+        done, error = _decode_into([frames[i] for i in slots], slots, as_stored,
+                                   header_padding)
         filled.extend(done)
         if error is not None:
             errors.append(error)
@@ -171,9 +184,13 @@ def _decode_volume(frames: list[Frame], ref: Frame, label: str, errors: list[str
 
 
 def _decode_into(
-    frames: list[Frame], slots: list[int], out: FloatArray
+    frames: list[Frame], slots: list[int], out: FloatArray, header_padding: Counter[str]
 ) -> tuple[list[int], str | None]:
-    """Decode one file, write its ``frames`` as HU into ``out[slots]``; slots filled, error."""
+    """Decode one file, write its ``frames`` as HU into ``out[slots]``; slots filled, error.
+
+    Pixels the header marks as padding become :data:`PADDING_HU`, counted in
+    ``header_padding`` under the header's description.
+    """
     source = frames[0].pixels
     # Dropped before decoding so the pixel bytes and pydicom's cached decoded array are
     # freed as soon as this file is copied out, not when the whole read ends.
@@ -182,8 +199,11 @@ def _decode_into(
         return [], source.error
     try:
         stored = ds.pixel_array.reshape(-1, *frames[0].shape)
-        padding_value = ds.get("PixelPaddingValue")
-        padding = None if padding_value is None else int(padding_value)
+        padding = header_padding_range(
+            ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit"),
+            signed=bool(np.issubdtype(stored.dtype, np.signedinteger)),
+            bits_stored=int(ds.get("BitsStored") or 16),
+            bits_allocated=int(ds.get("BitsAllocated") or 16))
     except DECODE_ERRORS as exc:
         return [], f"{frames[0].path}: pixel data could not be decoded ({exc})"
     done = []
@@ -198,7 +218,12 @@ def _decode_into(
         if padding is not None:
             # Padding marks pixels outside the reconstruction circle, not a measured value;
             # read it as air like the training data.
-            plane[raw == padding] = PADDING_HU
+            mask = (raw == padding[0]) if padding[0] == padding[1] else (
+                (raw >= padding[0]) & (raw <= padding[1]))
+            n_padding = int(np.count_nonzero(mask))
+            if n_padding:
+                plane[mask] = PADDING_HU
+                header_padding[describe_header_range(padding)] += n_padding
         done.append(slot)
     return done, None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from model.reading.padding import pad_below_air, padding_warning
 from model.reading.volume import CTInputError, CTVolume
 
 #: File name endings read as NIfTI.
@@ -24,6 +25,9 @@ def read_nifti(path: Path) -> CTVolume:
     whatever the stored orientation (this replaces bpreg's flip of all three axes when z is
     negative). Slices are then transposed to the DICOM display convention (rows anterior →
     posterior, columns right → left). ``z_mm`` is the world S coordinate of each slice centre.
+    Voxels far below air are scanner padding and become air
+    (:func:`~model.reading.padding.pad_below_air`; NIfTI has no padding value), with a
+    warning saying how many.
 
     Raises
     ------
@@ -50,6 +54,10 @@ def read_nifti(path: Path) -> CTVolume:
     # (i: R→…, j: A→…, k) → (k, rows anterior→posterior, cols right→left)
     hu = np.ascontiguousarray(np.transpose(data[::-1, ::-1, :], (2, 1, 0)))
     warnings = []
+    below_air, withheld = pad_below_air(hu)
+    padded = padding_warning(hu.size, below_air_voxels=below_air, withheld=withheld)
+    if padded is not None:
+        warnings.append(padded)
     if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3])), atol=1e-3):
         warnings.append("oblique affine: slices are scored as stored, positions from the affine")
     return CTVolume(
