@@ -43,6 +43,28 @@ def term_agrees_with_regions(term: str, manifest_regions: Iterable[str]) -> bool
     return first <= 1 and last >= len(truth) - 2
 
 
+def stacked(first: CTVolume, first_scores: SliceScores, first_body: IntVector,
+            second: CTVolume, second_scores: SliceScores, second_body: IntVector,
+            regressor: BodyPartRegressor) -> BodyPartResult:
+    """Interpret two series stacked into one: ``second`` continues ``first`` along z.
+
+    The second series' positions continue the first's at its median spacing, as a
+    mis-assembled series shows them; only the scores can reveal the stack.
+    """
+    step = float(np.median(np.diff(first.z_mm))) if first.n_slices > 1 else 1.0
+    z = np.concatenate([first.z_mm, second.z_mm - second.z_mm[0] + first.z_mm[-1] + step])
+    scores = SliceScores(z, np.concatenate([first_scores.raw, second_scores.raw]),
+                         np.concatenate([first_scores.scores, second_scores.scores]))
+    body = np.concatenate([np.asarray(first_body), np.asarray(second_body)])
+    rows = max(first.hu.shape[1], second.hu.shape[1])
+    cols = max(first.hu.shape[2], second.hu.shape[2])
+    hu = np.full((z.size, rows, cols), -1024.0, dtype=np.float32)
+    for offset, part in ((0, first), (first.n_slices, second)):
+        hu[offset:offset + part.n_slices, :part.hu.shape[1], :part.hu.shape[2]] = part.hu
+    moved = CTVolume(hu, z, first.pixel_spacing_mm, "stacked")
+    return interpret(moved, scores, body, regressor, AnalysisSettings(check_content=False))
+
+
 def variant(volume: CTVolume, scored: SliceScores, body_pixels: IntVector,
             regressor: BodyPartRegressor, *, z_factor: float = 1.0,
             reverse: bool = False) -> BodyPartResult:

@@ -346,10 +346,11 @@ def _anomalies(volume: CTVolume, cleaned: CleanedScores, check: SlopeCheck,
                table: Mapping[str, LandmarkScore], settings: AnalysisSettings,
                content: ImageContent) -> list[Anomaly]:
     found: list[Anomaly | None] = []
-    if settings.check_content:
-        found.append(ct_content_anomaly(volume.hu))
+    not_ct = ct_content_anomaly(volume.hu) if settings.check_content else None
+    found.append(not_ct)
     found.append(no_body_anomaly(cleaned))
-    found.append(limb_crop_anomaly(content))
+    if not_ct is None:  # the tissue rule of a limb crop assumes Hounsfield units
+        found.append(limb_crop_anomaly(content))
     if cleaned.kept.any():
         scores = [v.score for v in table.values()]
         found.append(scope_anomaly(cleaned, (min(scores), max(scores))))
