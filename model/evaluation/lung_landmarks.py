@@ -94,6 +94,11 @@ def _body_mask(hu: npt.NDArray[np.float32]) -> BoolArray:
     return _fill_holes_per_slice(body)
 
 
+def body_mask(hu: npt.NDArray[np.float32]) -> BoolArray:
+    """The body of every slice: largest 3D tissue component, holes filled slice by slice."""
+    return _body_mask(hu)
+
+
 def _fill_holes_per_slice(mask: BoolArray) -> BoolArray:
     """2D hole filling of every slice at once (faster than ``binary_fill_holes``)."""
     background, n = ndi.label(~mask, structure=_IN_SLICE)
@@ -178,7 +183,6 @@ def lung_profile(volume: CTVolume) -> LungProfile:
     lung = ndi.binary_dilation(seeds, structure=_CROSS_3D, iterations=2, mask=air)
     area = _lung_area_per_slice(lung, body, volume.pixel_spacing_mm)
     return LungProfile(area_cm2=area, occupied=occupied)
-
 
 
 def content_extent(valid_slices: BoolArray | None, n: int) -> tuple[int, int]:
