@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from model.api import analyze_series
 from model.interpretation.analysis import BodyPartResult, analyze
 from model.interpretation.sanity import AnomalyCode, ct_content_anomaly
 from model.reading.load import load_volumes
@@ -265,3 +266,16 @@ def test_no_padding_no_warning(shared_data: Path) -> None:
     """The shared volumes hold air as −1024 already: nothing is padding, nothing is said."""
     volume = read_nifti(shared_data / "ct" / "lidc_0003.nii.gz")
     assert not [w for w in volume.warnings if "padding" in w]
+
+
+@pytest.mark.parametrize(("series", "term"), [("tcia_9328_50_1_0109_three_acquisitions", True),
+                                              ("brt_needle_hu_offset", False)])
+def test_node_door_gives_a_term_only_for_real_hu(series: str, term: bool, shared_data: Path,
+                                                 regressor: BodyPartRegressor) -> None:
+    """Through :func:`model.api.analyze_series`, as the node calls it."""
+    files = sorted((shared_data / "dicom" / series).iterdir())
+    record = analyze_series(files, regressor).main_volume
+    not_ct = [a for a in record.document["anomalies"] if a["code"] == "not_ct_like"]
+    assert (record.body_part_examined is not None) == term
+    assert bool(not_ct) != term
+    assert term or "HU + 1024 with RescaleIntercept 0" in not_ct[0]["message"]
