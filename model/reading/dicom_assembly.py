@@ -3,7 +3,8 @@
 The steps, in order: drop localizers and the slices whose orientation or matrix differs from
 the series majority, check the series is axial (and warn about gantry tilt), collapse
 duplicate positions, order by the world z of the slice centres, decode every kept frame
-straight into the final array, and warn about gaps and uneven spacing.
+straight into the final array, read scanner padding as air (:mod:`model.reading.padding`),
+and warn about gaps and uneven spacing.
 """
 
 from __future__ import annotations

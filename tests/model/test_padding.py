@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from model.api import analyze_series
 from model.interpretation.analysis import BodyPartResult, analyze
 from model.interpretation.sanity import AnomalyCode, ct_content_anomaly
 from model.reading.load import load_volumes
@@ -113,21 +114,23 @@ def references(volumes: dict[str, CTVolume], regressor: BodyPartRegressor
 
 
 def test_padding_value_is_read_in_the_pixels_representation() -> None:
-    signed16 = {"signed": True, "bits_stored": 16, "bits_allocated": 16}
-    assert as_representation(63536, **signed16) == -2000
-    assert as_representation(-2000, **signed16) == -2000
+    assert as_representation(63536, signed=True, bits_stored=16, bits_allocated=16) == -2000
+    assert as_representation(-2000, signed=True, bits_stored=16, bits_allocated=16) == -2000
     assert as_representation(-2000, signed=False, bits_stored=16, bits_allocated=16) == 63536
     assert as_representation(2096, signed=True, bits_stored=12, bits_allocated=16) == -2000
     assert as_representation(0, signed=False, bits_stored=12, bits_allocated=16) == 0
 
 
 def test_padding_range_either_order_and_unusable_values() -> None:
-    signed16 = {"signed": True, "bits_stored": 16, "bits_allocated": 16}
-    assert header_padding_range(-2000, None, **signed16) == (-2000, -2000)
-    assert header_padding_range(-2000, -3000, **signed16) == (-3000, -2000)
-    assert header_padding_range(63536, -1100, **signed16) == (-2000, -1100)
-    assert header_padding_range(None, -3000, **signed16) is None
-    assert header_padding_range(b"\x30\xf8", None, **signed16) is None
+    def signed16(value: object, limit: object) -> tuple[int, int] | None:
+        return header_padding_range(value, limit, signed=True, bits_stored=16,
+                                    bits_allocated=16)
+
+    assert signed16(-2000, None) == (-2000, -2000)
+    assert signed16(-2000, -3000) == (-3000, -2000)
+    assert signed16(63536, -1100) == (-2000, -1100)
+    assert signed16(None, -3000) is None
+    assert signed16(b"\x30\xf8", None) is None
 
 
 def test_below_air_rule_leaves_shifted_volumes_alone() -> None:
@@ -172,8 +175,8 @@ def test_mr_like_intensities_stay_not_ct(volumes: dict[str, CTVolume],
     """A T1-like contrast of real anatomy: dark air and bone, bright fat, no negative values."""
     hu = volumes["abdomen_pelvis"].hu
     rng = np.random.default_rng(0)
-    mr = np.interp(hu, [-1024, -500, -100, 40, 300, 1500], [10, 60, 900, 500, 150, 80])
-    mr = (mr + np.abs(rng.normal(0, 15, hu.shape))).astype(np.float32)
+    contrast = np.interp(hu, [-1024, -500, -100, 40, 300, 1500], [10, 60, 900, 500, 150, 80])
+    mr = np.asarray(contrast + np.abs(rng.normal(0, 15, hu.shape)), dtype=np.float32)
     result = analyze(replace(volumes["abdomen_pelvis"], hu=mr), regressor)
     (message,) = _not_ct(result)
     assert "no air" in message and "HU + 1024" not in message
@@ -205,12 +208,12 @@ def _write_padded_dicom(volume: CTVolume, folder: Path, pad_hu: float, intercept
         fill = np.random.default_rng(1).uniform(pad_hu, -2048.0, volume.hu.shape).round()
     paths = write_ct_series(_filled(volume, fill), folder, rescale=(1.0, intercept))
     stored = round(pad_hu - intercept)
-    value = {"value": ("SS", stored), "unsigned": ("US", stored + 65536),
-             "range": ("SS", round(-2048.0 - intercept))}.get(mode)
-    for path in paths if value is not None else []:
+    vr, value = {"value": ("SS", stored), "unsigned": ("US", stored + 65536),
+                 "range": ("SS", round(-2048.0 - intercept))}.get(mode, ("", 0))
+    for path in paths if vr else []:
         ds = pydicom.dcmread(path)
         assert ds.PixelRepresentation == 1
-        ds.add_new(0x00280120, *value)  # PixelPaddingValue
+        ds.add_new(0x00280120, vr, value)  # PixelPaddingValue
         if mode == "range":  # a limit below the value: the range runs either way
             ds.add_new(0x00280121, "SS", stored)
         ds.save_as(path)
@@ -242,10 +245,12 @@ def test_padded_nifti_reads_as_air(shared_data: Path, tmp_path: Path,
                                    regressor: BodyPartRegressor, report: Report) -> None:
     """The head-neck volume (square matrix, so the circle survives reorientation) with
     −3024 HU outside the circle, written and read as NIfTI."""
-    original = nib.as_closest_canonical(nib.load(shared_data / "ct" / "openkbp_pt_2.nii.gz"))
+    original = nib.load(shared_data / "ct" / "openkbp_pt_2.nii.gz")
+    assert isinstance(original, nib.Nifti1Image)
     data = np.asarray(original.dataobj, dtype=np.int16)
-    padded = np.where(_outside_circle(data.shape[:2])[..., None], -3024, data)
-    nib.save(nib.Nifti1Image(padded.astype(np.int16), original.affine), tmp_path / "p.nii.gz")
+    padded = np.where(_outside_circle(data.shape[:2])[..., None], -3024, data).astype(np.int16)
+    image = nib.Nifti1Image(padded, original.affine)  # type: ignore[no-untyped-call]
+    nib.save(image, tmp_path / "p.nii.gz")
     volume = read_nifti(tmp_path / "p.nii.gz")
     reference = _filled(read_nifti(shared_data / "ct" / "openkbp_pt_2.nii.gz"), PADDING_HU)
     (warning,) = [w for w in volume.warnings if "padding" in w]
@@ -261,3 +266,16 @@ def test_no_padding_no_warning(shared_data: Path) -> None:
     """The shared volumes hold air as −1024 already: nothing is padding, nothing is said."""
     volume = read_nifti(shared_data / "ct" / "lidc_0003.nii.gz")
     assert not [w for w in volume.warnings if "padding" in w]
+
+
+@pytest.mark.parametrize(("series", "term"), [("tcia_9328_50_1_0109_three_acquisitions", True),
+                                              ("brt_needle_hu_offset", False)])
+def test_node_door_gives_a_term_only_for_real_hu(series: str, term: bool, shared_data: Path,
+                                                 regressor: BodyPartRegressor) -> None:
+    """Through :func:`model.api.analyze_series`, as the node calls it."""
+    files = sorted((shared_data / "dicom" / series).iterdir())
+    record = analyze_series(files, regressor).main_volume
+    not_ct = [a for a in record.document["anomalies"] if a["code"] == "not_ct_like"]
+    assert (record.body_part_examined is not None) == term
+    assert bool(not_ct) != term
+    assert term or "HU + 1024 with RescaleIntercept 0" in not_ct[0]["message"]
