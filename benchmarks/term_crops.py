@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from model.evaluation.crop_benchmark import (
     OUT_OF_SCOPE_PREFIX,
@@ -24,20 +23,15 @@ from model.evaluation.crop_benchmark import (
     evaluate_out_of_scope,
     markdown_report,
 )
-from model.evaluation.manifest import read_manifest
-from model.paths import shared_data_dir
+from model.evaluation.manifest import add_split_arguments, emit_report, selected_items
 from model.scoring.inference import BodyPartRegressor
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--split", choices=("val", "train", "all"), default="val")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="default: ../shared/data/manifest.csv")
-    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    add_split_arguments(parser)
     args = parser.parse_args(argv)
-    manifest = args.manifest or shared_data_dir() / "manifest.csv"
-    items = [i for i in read_manifest(manifest) if args.split in ("all", i.split)]
+    items = selected_items(args)
     regressor = BodyPartRegressor.load()
     t0 = time.perf_counter()
     outcomes: list[CropOutcome] = []
@@ -51,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown_report(outcomes, limbs, splits)
     text += (f"\n- model {regressor.meta.version}, {len(items)} volumes, "
              f"{len(outcomes)} crops in {time.perf_counter() - t0:.0f} s")
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n", encoding="utf-8")
+    emit_report(text, args)
     return 0
 
 

@@ -7,7 +7,8 @@ DICOM BodyPartExamined term and the thesis tag that :func:`~model.interpretation
 gives,
 whether the term agrees with the manifest
 (:func:`~model.evaluation.term_check.term_agrees_with_regions`),
-the anomalies raised, and, for the volumes the model places (no error on the original),
+the anomalies raised, and, for the volumes the model places (no error on the original and
+the ordering and spacing checks decided),
 whether a reversed slice order, a header z-spacing scaled by 2, ½, 0.75 and 1.4, and the
 series stacked onto itself (a duplicate) or onto the next placed volume are caught
 (n/a elsewhere). The last lines count them, with the discontinuity errors and the
@@ -18,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from model.evaluation.manifest import EvalItem, read_manifest
+from model.evaluation.manifest import EvalItem, add_split_arguments, emit_report, selected_items
 from model.evaluation.term_check import stacked, term_agrees_with_regions, variant
 from model.interpretation.analysis import BodyPartResult, score_with_content
 from model.interpretation.postprocess import IntVector
 from model.interpretation.sanity import AnomalyCode, Severity
-from model.paths import shared_data_dir
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor, SliceScores
@@ -63,8 +62,9 @@ def _row(scored: Scored, partner: Scored, regressor: BodyPartRegressor
         "reversed caught": None, **{f"×{f:g} caught": None for f in Z_FACTORS},
         "duplicate caught": None, "stack caught": None,
     }
-    # a series already refused (out of scope) has no ordering or spacing left to test
-    if not original.has_errors:
+    # a series already refused (out of scope), or too short for the ordering and spacing
+    # checks, is not one the model places: nothing left to test
+    if not original.has_errors and original.valid_z_spacing is not None:
         checks["reversed caught"] = variant(volume, scores, body, regressor,
                                             reverse=True).reverse_z_ordering is True
         for f in Z_FACTORS:
@@ -94,13 +94,9 @@ def _original_lines(originals: list[BodyPartResult]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--split", choices=("val", "train", "all"), default="val")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="default: ../shared/data/manifest.csv")
-    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    add_split_arguments(parser)
     args = parser.parse_args(argv)
-    manifest = args.manifest or shared_data_dir() / "manifest.csv"
-    items = [i for i in read_manifest(manifest) if args.split in ("all", i.split)]
+    items = selected_items(args)
     regressor = BodyPartRegressor.load()
     t0 = time.perf_counter()
     scored = [_score(item, regressor) for item in items]
@@ -125,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"- model {regressor.meta.version}, {len(items)} volumes in "
                  f"{time.perf_counter() - t0:.0f} s")
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n", encoding="utf-8")
+    emit_report(text, args)
     return 0
 
 

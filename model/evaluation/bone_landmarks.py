@@ -24,6 +24,7 @@ from model.evaluation.lung_landmarks import (
     body_mask,
     content_extent,
     lung_profile,
+    run_around,
 )
 from model.reading.volume import CTVolume
 
@@ -132,13 +133,7 @@ def pelvic_run(profile: BoneProfile) -> tuple[int, int, int] | None:
     seed = int(candidates.argmax())
     if candidates[seed] < SEED_MIN_AREA_CM2:
         return None
-    in_run = both >= WING_MIN_AREA_CM2
-    lo = seed
-    while lo > 0 and in_run[lo - 1]:
-        lo -= 1
-    hi = seed
-    while hi < both.size - 1 and in_run[hi + 1]:
-        hi += 1
+    lo, hi = run_around(both >= WING_MIN_AREA_CM2, seed)
     if profile.lung[lo:hi + 1].any():
         return None  # ribs joined the run: its top is no crest
     if not (profile.radius_mm[lo:hi + 1] >= FEMORAL_HEAD_MIN_RADIUS_MM).any():

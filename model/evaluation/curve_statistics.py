@@ -26,12 +26,23 @@ from model.interpretation.postprocess import (
     fitted_slope,
     tangential_slope_quantiles,
 )
-from model.interpretation.sanity import DETECT_FACTORS, MIN_SLICES_FOR_SLOPE
+from model.interpretation.sanity import DETECT_FACTORS, MIN_SLICES_FOR_SLOPE, SlopeProfile
 
 #: Curves whose slope lies outside [1/k, k] × the median training slope are left out of
 #: the slope statistics: the model cannot place their slices (small limb crops in our data)
 #: or their header is wrong, and either would bias the expected slope.
 SLOPE_OUTLIER_FACTOR = 2.0
+#: Score bins of the slope profile (wide enough that each holds ≥ 20 mm of most curves).
+PROFILE_BIN_WIDTH = 10.0
+#: A bin enters the profile with slopes of at least this many curves; others are left to
+#: interpolation between their neighbours.
+PROFILE_MIN_CURVES = 3
+#: A curve contributes to a bin with at least this many slices spanning this many mm there.
+PROFILE_MIN_SLICES = 4
+PROFILE_MIN_MM = 20.0
+
+#: What a per-curve expected slope is: the model's mean slope, or its profile.
+Expected = float | SlopeProfile
 
 
 def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
@@ -43,12 +54,13 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
     1. Clean every curve without tail removal and keep the typical ones (slope within
        [½, 2] × the median; :func:`typical_slopes`).
     2. ``tangential_slope``: 0.5 % / 99.5 % quantiles of eq. 4.17 over those (thesis).
-    3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s).
-    4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio|, halfway in log space
-       between the typical ratio of the curves as stored and the same ratio with the
-       z-spacing scaled by 2 and 0.5
+    3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s), and
+       ``slope_profile``: the slope per score bin (:func:`slope_profile`).
+    4. ``slope_ratio_range``: valid [r_lo, r_hi] of |slope ratio| against the profile,
+       halfway in log space between the typical ratio of the curves as stored and the
+       same ratio with the z-spacing scaled by 2 and 0.5
        (:func:`calibrate_slope_ratio_range`), and the thesis' single
-       ``slope_ratio_threshold`` θ (:func:`calibrate_slope_threshold`).
+       ``slope_ratio_threshold`` θ against the mean slope (:func:`calibrate_slope_threshold`).
 
     Parameters
     ----------
@@ -76,12 +88,58 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
                                             sigma_mm=settings.smoothing_sigma_mm)
     full = cleaned_curves(curves, {**base, "tangential_slope": tangential}, settings)
     slope = slope_statistics(full)
-    expected = float(slope["mean"])
+    profile = slope_profile(full)
+    stored_profile = SlopeProfile.from_statistics(profile)
+    expected: Expected = stored_profile or float(slope["mean"])
     lo, hi = calibrate_slope_ratio_range(full, expected)
-    threshold = calibrate_slope_threshold(full, expected)
-    return {"tangential_slope": tangential, "slope_per_mm": slope,
+    threshold = calibrate_slope_threshold(full, float(slope["mean"]))
+    return {"tangential_slope": tangential, "slope_per_mm": slope, "slope_profile": profile,
             "slope_ratio_range": [round(lo, 4), round(hi, 4)],
             "slope_ratio_threshold": round(threshold, 4)}
+
+
+def slope_profile(curves: Sequence[CleanedScores]) -> dict[str, Any]:
+    """``statistics["slope_profile"]``: median slope per mm of the typical curves per score bin.
+
+    Each typical curve (:func:`typical_slopes`) gives a line-fit slope in every bin of
+    :data:`PROFILE_BIN_WIDTH` where it has :data:`PROFILE_MIN_SLICES` cleaned slices over
+    :data:`PROFILE_MIN_MM`; bins with slopes of :data:`PROFILE_MIN_CURVES` curves are kept.
+
+    Returns
+    -------
+    dict
+        ``{"score": [bin centres], "slope_per_mm": [medians], "n_curves": [counts],
+        "bin_width": width}``; empty lists when no bin has enough curves.
+    """
+    slopes = [fitted_slope(c.z_mm, c.scores) if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE
+              else None for c in curves]
+    typical = set(typical_slopes([m for m in slopes if m is not None]).tolist())
+    per_bin: dict[float, list[float]] = {}
+    for curve, m in zip(curves, slopes, strict=True):
+        if m not in typical:
+            continue
+        for centre, local in _bin_slopes(curve).items():
+            per_bin.setdefault(centre, []).append(local)
+    kept = sorted((c, v) for c, v in per_bin.items() if len(v) >= PROFILE_MIN_CURVES)
+    return {"score": [c for c, _ in kept],
+            "slope_per_mm": [round(float(np.median(v)), 6) for _, v in kept],
+            "n_curves": [len(v) for _, v in kept], "bin_width": PROFILE_BIN_WIDTH}
+
+
+def _bin_slopes(curve: CleanedScores) -> dict[float, float]:
+    s, z = curve.scores, curve.z_mm
+    out: dict[float, float] = {}
+    finite = s[np.isfinite(s)]
+    if finite.size == 0:
+        return out
+    w = PROFILE_BIN_WIDTH
+    for lo in np.arange(np.floor(finite.min() / w) * w, finite.max() + w, w):
+        inside = np.isfinite(s) & (s >= lo) & (s < lo + w)
+        if inside.sum() >= PROFILE_MIN_SLICES and np.ptp(z[inside]) >= PROFILE_MIN_MM:
+            m = fitted_slope(z[inside], s[inside])
+            if m is not None and m > 0:
+                out[float(lo + w / 2)] = m
+    return out
 
 
 def _curve_slopes(curves: Iterable[CleanedScores]) -> FloatVector:
@@ -127,16 +185,29 @@ def slope_statistics(curves: Iterable[CleanedScores]) -> dict[str, float | int]:
             "q95": float(np.quantile(m, 0.95)), "n_excluded": int(all_slopes.size - m.size)}
 
 
-def _typical_ratios(curves: Iterable[CleanedScores], expected_slope: float) -> FloatVector:
-    if not expected_slope > 0:
-        raise ValueError(f"expected slope must be positive, got {expected_slope}")
-    ratios = typical_slopes(_curve_slopes(curves)) / expected_slope
-    if ratios.size == 0:
+def _typical_ratios(curves: Iterable[CleanedScores], expected: Expected) -> FloatVector:
+    if isinstance(expected, float | int) and not expected > 0:
+        raise ValueError(f"expected slope must be positive, got {expected}")
+    pairs = [(fitted_slope(c.z_mm, c.scores), c) for c in curves
+             if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
+    fitted = [(m, c) for m, c in pairs if m is not None]
+    typical = set(typical_slopes([m for m, _ in fitted]).tolist())
+    ratios = [m / _expected_of(c, expected) for m, c in fitted if m in typical]
+    if not ratios:
         raise ValueError("no cleaned curve with a positive typical slope")
-    return ratios
+    return np.array(ratios, dtype=np.float64)
 
 
-def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope: float,
+def _expected_of(curve: CleanedScores, expected: Expected) -> float:
+    if isinstance(expected, SlopeProfile):
+        slope = expected.expected_slope(curve.scores)
+        if slope is None:
+            raise ValueError("a typical curve without cleaned scores")
+        return slope
+    return float(expected)
+
+
+def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope: Expected,
                                 factors: Sequence[float] = DETECT_FACTORS
                                 ) -> tuple[float, float]:
     """Valid range [r_lo, r_hi] of |r| for the z-spacing check, from training curves.
@@ -155,8 +226,9 @@ def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope:
     ----------
     curves : iterable of CleanedScores
         Training curves on the calibrated scale.
-    expected_slope : float
-        m̄_s from :func:`slope_statistics`.
+    expected_slope : float or SlopeProfile
+        m̄_s from :func:`slope_statistics`, or the profile each curve's expected slope
+        follows (as at inference).
     factors : sequence of float
         Header spacing errors to detect (×2 and ×0.5).
 

@@ -203,12 +203,16 @@ def _lung_run(area: FloatVector) -> tuple[int, int] | None:
     is_lung = area >= LUNG_MIN_SLICE_AREA_CM2
     if not is_lung.any():
         return None
-    peak = int(area.argmax())
-    lo = peak
-    while lo > 0 and is_lung[lo - 1]:
+    return run_around(is_lung, int(area.argmax()))
+
+
+def run_around(mask: npt.NDArray[np.bool_], seed: int) -> tuple[int, int]:
+    """First and last index of the run of True in ``mask`` that holds ``seed``."""
+    lo = seed
+    while lo > 0 and mask[lo - 1]:
         lo -= 1
-    hi = peak
-    while hi < area.size - 1 and is_lung[hi + 1]:
+    hi = seed
+    while hi < mask.size - 1 and mask[hi + 1]:
         hi += 1
     return lo, hi
 

@@ -7,10 +7,13 @@ map, split, body regions); :func:`region_group` sorts a volume into one of
 
 from __future__ import annotations
 
+import argparse
 import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from model.paths import shared_data_dir
 
 #: Region groups of the per-group LMSE.
 REGION_GROUPS: tuple[str, ...] = ("head-neck", "chest", "abdomen-pelvis", "limbs", "other")
@@ -76,3 +79,24 @@ def region_group(body_regions: Iterable[str]) -> str:
     if "PELVIS" in r:
         return "abdomen-pelvis"
     return "other"
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--split``, ``--manifest`` and ``--markdown`` of the per-volume benchmarks."""
+    parser.add_argument("--split", choices=("val", "train", "all"), default="val")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="default: ../shared/data/manifest.csv")
+    parser.add_argument("--markdown", type=Path, help="also write the report here")
+
+
+def selected_items(args: argparse.Namespace) -> list[EvalItem]:
+    """Manifest rows of the split that :func:`add_split_arguments` chose."""
+    manifest = args.manifest or shared_data_dir() / "manifest.csv"
+    return [i for i in read_manifest(manifest) if args.split in ("all", i.split)]
+
+
+def emit_report(text: str, args: argparse.Namespace) -> None:
+    """Print a benchmark's report and also write it to ``--markdown`` when given."""
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n", encoding="utf-8")

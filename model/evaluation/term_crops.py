@@ -35,6 +35,7 @@ from model.evaluation.lung_landmarks import (
     content_extent,
     lung_profile,
 )
+from model.interpretation.clinical import clinical_rules
 from model.reading.volume import CTVolume
 
 #: Clinical regions, feet → head.
@@ -51,8 +52,10 @@ TORSO_TERMS: frozenset[str] = frozenset(
     t for t in CROP_TERMS if any(k in t for k in ("CHEST", "ABD", "PELVIS")))
 #: An end region of a crop must be covered over at least this fraction of its length ...
 END_FRACTION = 0.4
-#: ... and at least this many mm.
-END_MIN_MM = 40.0
+#: ... and at least this many mm beyond the length from which the BodyPartExamined rule
+#: counts the region (``min_mm`` of ``model/data/clinical_regions.csv``): a crop's term must
+#: not hang on a landmark error of a few slices.
+END_MARGIN_MM = 20.0
 #: Farthest a crop may reach into a region outside its term, in mm (the crops cut here
 #: never do; :func:`crop_violations` allows this for landmark error).
 OUTSIDE_TOLERANCE_MM = 10.0
@@ -69,7 +72,8 @@ EXTENT_RULE = (
 )
 CROP_RULE = (
     f"A crop of term T covers every inner region of T fully and each end region over at "
-    f"least max({END_MIN_MM:g} mm, {END_FRACTION:g} × the region's extent in the volume), and "
+    f"least max(its clinical min_mm + {END_MARGIN_MM:g} mm, {END_FRACTION:g} × the region's "
+    "extent in the volume), and "
     "stays inside T's regions; per term and volume up to four deterministic variants: "
     "'full' (both ends at the farthest allowed slice), 'short' (both ends at the shortest "
     "allowed cover), 'low' and 'high' (one end each); single-region terms: the whole "
@@ -85,11 +89,12 @@ class RegionExtent:
     hi: float
     length_mm: float
     top_limit: float
+    min_mm: float  # the region's clinical min_mm + END_MARGIN_MM
 
     @property
     def need_mm(self) -> float:
         """Cover an end region of a crop must reach."""
-        return max(END_MIN_MM, END_FRACTION * self.length_mm)
+        return max(self.min_mm, END_FRACTION * self.length_mm)
 
 
 @dataclass(frozen=True)
@@ -114,12 +119,13 @@ class Crop:
     z_hi: float
 
 
-def _extent(lo: float | None, hi: float | None, *, length: float | None = None,
+def _extent(region: str, lo: float | None, hi: float | None, *,
             top: float | None = None) -> RegionExtent | None:
-    if lo is None or hi is None or hi - lo < END_MIN_MM:
+    min_mm = clinical_rules()[region].min_mm + END_MARGIN_MM
+    if lo is None or hi is None or hi - lo < min_mm:
         return None
     top_limit = hi if top is None else min(top, hi)
-    return RegionExtent(lo, hi, hi - lo if length is None else length, top_limit)
+    return RegionExtent(lo, hi, hi - lo, top_limit, min_mm)
 
 
 def region_extents(lm: dict[str, float], z_first: float, z_last: float, *,
@@ -151,12 +157,12 @@ def region_extents(lm: dict[str, float], z_first: float, z_last: float, *,
     chest_hi = lt if lt is not None else (z_last if lung_at[1] else None)
     neck_hi = bb if bb is not None else mb
     found = {
-        "pelvis": _extent(pelvis_lo, crest),
-        "abdomen": _extent(crest if crest is not None else floor, abdomen_hi),
-        "chest": _extent(chest_lo, chest_hi),
+        "pelvis": _extent("pelvis", pelvis_lo, crest),
+        "abdomen": _extent("abdomen", crest if crest is not None else floor, abdomen_hi),
+        "chest": _extent("chest", chest_lo, chest_hi),
         # a neck crop needs the mandible as its upper limit (see EXTENT_RULE)
-        "neck": _extent(lt, neck_hi, top=mb) if mb is not None else None,
-        "head": _extent(bb, z_last if bb is not None and z_last > bb else None),
+        "neck": _extent("neck", lt, neck_hi, top=mb) if mb is not None else None,
+        "head": _extent("head", bb, z_last if bb is not None and z_last > bb else None),
     }
     return {name: ext for name, ext in found.items() if ext is not None}
 

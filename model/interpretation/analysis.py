@@ -47,6 +47,7 @@ from model.interpretation.image_content import (
     image_content,
     limb_crop_anomaly,
 )
+from model.interpretation.placement import find_placement, placement_anomaly
 from model.interpretation.postprocess import (
     CleanedScores,
     IntVector,
@@ -59,6 +60,7 @@ from model.interpretation.sanity import (
     Anomaly,
     Severity,
     SlopeCheck,
+    SlopeProfile,
     check_slope,
     ct_content_anomaly,
     no_body_anomaly,
@@ -269,20 +271,25 @@ def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike 
     cleaned = clean_scores(z, scored.scores, body_pixels=body_pixels, statistics=stats,
                            settings=settings.postprocess)
     table = landmark_table(regressor.meta.reference_table)
-    expected, valid_range, warnings = _slope_parameters(stats, settings)
+    expected, valid_range, warnings = _slope_parameters(stats, settings, cleaned.scores)
     warnings = list(cleaned.warnings) + warnings
     check = check_slope(z, cleaned.scores, expected, valid_range)
+    named_scores, partial = cleaned.scores, None
     if content.limb_crop:
         # the model cannot place a limb crop: its slope says nothing about the header
         check = replace(check, reverse_z_ordering=None, valid_z_spacing=None,
                         expected_z_spacing_mm=None)
+    elif check.unplaceable or _too_flat(check):
+        check, named_scores, partial = _placed_part(z, cleaned.scores, check, stats, settings)
     anomalies = _anomalies(volume, cleaned, check, table, settings, content)
+    if partial is not None:
+        anomalies.append(partial)
     regions = body_part_examined_dict(z, cleaned.scores, table, settings.region_boundaries)
     tag = body_part_examined_tag(cleaned.scores, _z_range(z, cleaned), table,
                                  valid_z_spacing=check.valid_z_spacing,
                                  placeable=not check.unplaceable,
                                  z_range_threshold_mm=settings.z_range_threshold_mm)
-    clinical = clinical_regions(z, cleaned.scores, table)
+    clinical = clinical_regions(z, named_scores, table)
     term, term_regions, note = _term(clinical, anomalies)
     return BodyPartResult(
         identity=volume.identity, source=volume.source,
@@ -306,10 +313,53 @@ def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike 
     )
 
 
-def _slope_parameters(stats: Mapping[str, Any], settings: AnalysisSettings
+def _too_flat(check: SlopeCheck) -> bool:
+    """The spacing check failed because the curve is flatter than the valid range."""
+    return (check.valid_z_spacing is False and check.slope_ratio is not None
+            and abs(check.slope_ratio) < check.valid_range[0])
+
+
+def _placed_part(z: npt.NDArray[np.float64], cleaned: npt.NDArray[np.float64],
+                 check: SlopeCheck, stats: Mapping[str, Any], settings: AnalysisSettings
+                 ) -> tuple[SlopeCheck, npt.NDArray[np.float64], Anomaly | None]:
+    """For a curve too flat as a whole: the check and scores of the part the model places.
+
+    A header spacing off by ×2 flattens every part alike, so its placed part fails the
+    check again; a curve flat only where the model cannot place the slices passes on the
+    rest.
+
+    Returns the check of the placed run, its scores (NaN elsewhere) and the warning that
+    says so; or, when too little is placed, the whole curve's check with the placed share.
+    """
+    profile = SlopeProfile.from_statistics(stats.get("slope_profile"))
+    mean = check.expected_slope or DEFAULT_EXPECTED_SLOPE
+
+    def expected_at(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return profile.at(scores) if profile is not None else np.full(scores.shape, mean)
+
+    placement = find_placement(z, cleaned, expected_at, check.valid_range[0] / 2)
+    if not placement.usable:
+        return replace(check, placed_fraction=placement.fraction), cleaned, None
+    placed = placement.only_placed(cleaned)
+    expected, _, _ = _slope_parameters(stats, settings, placed)
+    return (check_slope(z, placed, expected, check.valid_range), placed,
+            placement_anomaly(placement, z))
+
+
+def _slope_parameters(stats: Mapping[str, Any], settings: AnalysisSettings,
+                      cleaned: npt.NDArray[np.float64]
                       ) -> tuple[float, tuple[float, float], list[str]]:
-    """Expected slope and valid |ratio| range: settings, else model, else bpreg's values."""
-    warnings = []
+    """Expected slope of this curve and valid |ratio| range.
+
+    The expected slope follows the model's slope profile over the curve's scores when the
+    model has one (:class:`~model.interpretation.sanity.SlopeProfile`), else its mean
+    slope, else bpreg's; the range comes from settings, else the model, else bpreg.
+    """
+    warnings: list[str] = []
+    profile = SlopeProfile.from_statistics(stats.get("slope_profile"))
+    by_region = profile.expected_slope(cleaned) if profile is not None else None
+    if by_region is not None:
+        return by_region, _ratio_range(stats, settings, warnings), warnings
     slope_stats = stats.get("slope_per_mm")
     mean = slope_stats.get("mean") if isinstance(slope_stats, Mapping) else None
     if _positive(mean):

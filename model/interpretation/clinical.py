@@ -169,7 +169,7 @@ def clinical_regions(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike,
     for name, (lo, hi) in clinical_score_ranges(table).items():
         with np.errstate(invalid="ignore"):
             inside = (s >= lo) & (s < hi)
-        runs = _runs(np.flatnonzero(inside), z)
+        runs = _slice_runs(np.flatnonzero(inside), z)
         coverage = float(inside.sum()) * spacing
         regions[name] = ClinicalRegion(name, (lo, hi), coverage, clinical_rules()[name].min_mm,
                                        False, runs)
@@ -186,7 +186,7 @@ def clinical_regions(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike,
     return ClinicalResult(choice, final)
 
 
-def _runs(indices: npt.NDArray[np.intp], z: npt.NDArray[np.float64]) -> tuple[SliceRun, ...]:
+def _slice_runs(indices: npt.NDArray[np.intp], z: npt.NDArray[np.float64]) -> tuple[SliceRun, ...]:
     """Consecutive indices as runs; removed (NaN) slices in between split a run."""
     if indices.size == 0:
         return ()

@@ -95,7 +95,7 @@ def test_short_series_leave_checks_open_with_a_warning() -> None:
     (anomaly,) = slope_anomalies(check, z)
     assert anomaly.code is AnomalyCode.TOO_FEW_SLICES and anomaly.severity is Severity.WARNING
     assert "38 mm" in anomaly.message
-    longer = np.arange(0.0, 60.0, 2.0)
+    longer = np.arange(0.0, 90.0, 2.0)
     assert check_slope(longer, 42 + 0.11 * longer, 0.11, (0.7, 1.4)).valid_z_spacing is True
 
 
