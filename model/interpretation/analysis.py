@@ -24,7 +24,6 @@ import numpy as np
 import numpy.typing as npt
 
 from model.interpretation.bodypart import (
-    MIN_LEGS_MM,
     Z_RANGE_THRESHOLD_MM,
     DicomTerm,
     LandmarkScore,
@@ -94,8 +93,6 @@ class AnalysisSettings:
         Region → (start landmark, end landmark) overriding table 4.6.
     z_range_threshold_mm : float
         Shorter volumes get the per-slice majority tag (fig. 4.9).
-    min_legs_mm : float
-        Length of leg slices for the legs to enter the DICOM term.
     slope_ratio_range : (float, float), optional
         Valid range of |slope ratio| for the z-spacing check; None takes the model's.
     slope_ratio_threshold : float, optional
@@ -110,7 +107,6 @@ class AnalysisSettings:
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     region_boundaries: Mapping[str, tuple[str | None, str | None]] | None = None
     z_range_threshold_mm: float = Z_RANGE_THRESHOLD_MM
-    min_legs_mm: float = MIN_LEGS_MM
     slope_ratio_range: tuple[float, float] | None = None
     slope_ratio_threshold: float | None = None
     discontinuity: DiscontinuitySettings = field(default_factory=DiscontinuitySettings)
@@ -444,7 +440,6 @@ def _settings_dict(settings: AnalysisSettings, cleaned: CleanedScores,
         "empty_slice_score": stats.get("empty_slice_score"),
         "expected_slope": expected, "valid_slope_ratio_range": list(valid_range),
         "z_range_threshold_mm": settings.z_range_threshold_mm,
-        "min_legs_mm": settings.min_legs_mm,
         "region_boundaries": describe_boundaries(settings.region_boundaries),
         "discontinuity": asdict(settings.discontinuity),
     }

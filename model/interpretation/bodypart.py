@@ -8,8 +8,10 @@ Three results come from one cleaned score curve:
 * the thesis **tag** (fig. 4.9), e.g. ``"CHEST-ABDOMEN-PELVIS"`` or ``"NONE"``: a region
   counts when enough of its landmarks lie inside the curve, or, for volumes under 10 cm,
   the most frequent region per slice wins;
-* a valid DICOM **BodyPartExamined** defined term (CID 4031, CS: ≤ 16 characters of
-  A-Z, 0-9, space and underscore) with its SNOMED CT code, from the tag's regions.
+* the table of valid DICOM **BodyPartExamined** defined terms (CID 4031, CS: ≤ 16
+  characters of A-Z, 0-9, space and underscore) with their SNOMED CT codes, and the term
+  of a contiguous run of regions (:func:`dicom_term_for_regions`); which regions a series
+  covers is decided by clinical usage in :mod:`model.interpretation.clinical`, not by the tag.
 
 Landmark scores come from :func:`landmark_table`: bpreg's published reference table,
 vertebral levels it lacks interpolated between published neighbours, and the model's own
@@ -85,9 +87,6 @@ TAG_TO_REGION: dict[str, str] = {t: t.lower() for t in TAG_ORDER}
 NO_TAG = "NONE"
 #: Volumes shorter than this get the per-slice majority tag (fig. 4.9).
 Z_RANGE_THRESHOLD_MM = 100.0
-#: The legs count for the DICOM term when at least this length of slices lies below the
-#: pelvis start; a few slices are smoothing overshoot, not an examined region.
-MIN_LEGS_MM = 50.0
 
 #: Pattern every emitted BodyPartExamined value matches (CS value representation).
 CS_PATTERN = r"^[A-Z0-9 _]{1,16}$"
@@ -408,21 +407,6 @@ def dicom_term_for_regions(regions: Iterable[str]) -> TermChoice:
     if len(run) > len(names):
         note = "; ".join(x for x in (f"gap filled: {'+'.join(run)}", note) if x)
     return TermChoice(dicom_terms()[term], run, note)
-
-
-def tag_regions_with_legs(tag: TagResult, region_dict: Mapping[str, RegionRange | None],
-                          min_legs_mm: float = MIN_LEGS_MM) -> tuple[str, ...]:
-    """Core regions (feet → head) for the DICOM term: the tag's, plus legs when present.
-
-    The thesis leaves the legs out of the tag as outside its scope; the DICOM term names
-    them (LOWERLIMB, PELVISLOWEXTREMT) when at least ``min_legs_mm`` of slices score below
-    the pelvis start.
-    """
-    regions = [TAG_TO_REGION[t] for t in tag.regions]
-    legs = region_dict.get("legs")
-    if legs is not None and legs.extent_mm >= min_legs_mm:
-        regions.append("legs")
-    return tuple(r for r in REGIONS if r in regions)
 
 
 def scores_table_dict(table: Mapping[str, LandmarkScore]) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,6 @@ from model.interpretation.bodypart import (
     landmark_table,
     region_score_ranges,
     region_terms,
-    tag_regions_with_legs,
 )
 
 TABLE = landmark_table()
@@ -175,13 +174,3 @@ def test_gaps_are_filled_and_unknown_regions_refused() -> None:
         dicom_term_for_regions([])
 
 
-def test_legs_join_the_term_when_long_enough() -> None:
-    z, s = _ramp(-30.0, 20.0, 400.0)
-    d = body_part_examined_dict(z, s, TABLE)
-    tag = body_part_examined_tag(s, 400.0, TABLE)
-    assert tag.tag == "PELVIS"
-    assert tag_regions_with_legs(tag, d) == ("legs", "pelvis")
-    assert dicom_term_for_regions(tag_regions_with_legs(tag, d)).term.term == "PELVISLOWEXTREMT"
-    z, s = _ramp(-1.0, 30.0, 300.0)  # 10 mm below the pelvis start: smoothing overshoot
-    d = body_part_examined_dict(z, s, TABLE)
-    assert tag_regions_with_legs(body_part_examined_tag(s, 300.0, TABLE), d) == ("pelvis",)

@@ -33,6 +33,8 @@ def test_head_neck_chest_terms() -> None:
     assert _term(60.0, 88.0) == "NECKCHEST"
     assert _term(30.0, 70.0) == "CHESTABDOMEN"
     assert _term(5.0, 40.0) == "ABDOMENPELVIS"
+    assert _term(-30.0, 20.0) == "PELVISLOWEXTREMT"  # 260 mm of legs below the pelvis
+    assert _term(-1.0, 28.0) == "PELVIS"  # 9 mm below the pelvis start: overshoot
 
 
 def test_a_chest_ct_reaching_a_little_into_neck_and_abdomen_is_chest() -> None:
