@@ -24,6 +24,7 @@ from model.evaluation.crop_benchmark import (
     markdown_report,
 )
 from model.evaluation.manifest import add_split_arguments, emit_report, selected_items
+from model.paths import DEFAULT_WEIGHTS
 from model.scoring.inference import BodyPartRegressor
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     add_split_arguments(parser)
     args = parser.parse_args(argv)
     items = selected_items(args)
-    regressor = BodyPartRegressor.load()
+    regressor = BodyPartRegressor.load(args.weights or DEFAULT_WEIGHTS)
     t0 = time.perf_counter()
     outcomes: list[CropOutcome] = []
     limbs: list[OutOfScopeOutcome] = []

@@ -25,6 +25,7 @@ from model.evaluation.term_check import stacked, term_agrees_with_regions, varia
 from model.interpretation.analysis import BodyPartResult, score_with_content
 from model.interpretation.postprocess import IntVector
 from model.interpretation.sanity import AnomalyCode, Severity
+from model.paths import DEFAULT_WEIGHTS
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor, SliceScores
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     add_split_arguments(parser)
     args = parser.parse_args(argv)
     items = selected_items(args)
-    regressor = BodyPartRegressor.load()
+    regressor = BodyPartRegressor.load(args.weights or DEFAULT_WEIGHTS)
     t0 = time.perf_counter()
     scored = [_score(item, regressor) for item in items]
     header = ["volume", "split", "manifest regions", "term", "thesis tag", "slope ratio",

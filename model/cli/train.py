@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.paths import shared_data_dir
+
+if TYPE_CHECKING:  # training pulls in scipy and tqdm; every other command starts without them
+    from model.training.dataset import TrainVolume, VolumeEntry
+    from model.training.train import TrainConfig
 
 log = logging.getLogger("bpr")
 
@@ -20,6 +26,13 @@ def add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         " default: ../shared/data/manifest.csv")
     p.add_argument("--val", nargs="*", type=Path, default=[], help="validation inputs")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    add_training_options(p)
+    p.set_defaults(func=run_train_command)
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options of the training recipe, shared by ``bpr train`` and the cross-validation."""
     p.add_argument("--cache", type=Path, default=Path(".cache/train"),
                    help="folder for preprocessed volumes (default .cache/train)")
     p.add_argument("--epochs", type=int, default=64)
@@ -37,37 +50,72 @@ def add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--small-fov-p", type=float, default=0.0,
                    help="share of slices masked to a random small box (limb and tumour crops)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (.pt; fine-tuning); their .json calibration"
+                        " sets the anchor targets' raw units")
+    p.add_argument("--anchor-weight", type=float, default=0.0,
+                   help="γ of the anchor loss: image landmarks pulled to bpreg's published"
+                        " scores (0: off)")
+    p.add_argument("--retain-weight", type=float, default=0.0,
+                   help="with --init: weight that keeps the starting scores of slices it"
+                        " places at or above the lung top (head and neck)")
+    p.add_argument("--torso-factor", type=float, default=1.0,
+                   help="sampling factor of volumes that show a landmark below the lung top")
     p.add_argument("--phantom-variants", type=int, default=0,
                    help="add N synthetic whole-body CTs per ICRP phantom to the training set")
     p.add_argument("--phantom-dir", type=Path, default=None,
                    help="folder of the ICRP phantoms (default ../shared/data/phantoms)")
-    p.set_defaults(func=run_train_command)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` that :func:`add_training_options` describes."""
+    from model.scoring.inference import ModelMeta
+    from model.training.train import TrainConfig
+
+    scale, offset = TrainConfig.anchor_scale, TrainConfig.anchor_offset
+    if args.init is not None and args.init.with_suffix(".json").exists():
+        meta = ModelMeta.read(args.init.with_suffix(".json"))
+        if meta.score_scale != 1.0:  # 1.0: exported but not yet calibrated
+            scale, offset = meta.score_scale, meta.score_offset
+    return TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        volumes_per_batch=args.volumes_per_batch, slices_per_volume=args.slices_per_volume,
+        delta_h_min_mm=args.delta_h[0], delta_h_max_mm=args.delta_h[1], loss=args.loss,
+        beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
+        augment=not args.no_augment, small_fov_p=args.small_fov_p, threads=args.threads,
+        anchor_weight=args.anchor_weight, torso_factor=args.torso_factor,
+        retain_weight=args.retain_weight,
+        anchor_scale=scale, anchor_offset=offset, init_weights=str(args.init or ""),
+        extra={"phantom_variants": str(args.phantom_variants)},
+    )
+
+
+def training_volumes(entries: Sequence[VolumeEntry], args: argparse.Namespace
+                     ) -> list[TrainVolume]:
+    """Preprocessed ``entries`` plus the synthetic phantom CTs that ``args`` ask for."""
+    from model.training.dataset import load_train_volumes
+    from model.training.phantom import synthetic_volumes
+
+
+    volumes = load_train_volumes(entries, args.cache)
+    if args.phantom_variants:
+        phantom_dir = args.phantom_dir or shared_data_dir() / "phantoms"
+        volumes += synthetic_volumes(phantom_dir, args.phantom_variants, seed=args.seed)
+    return volumes
 
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr train``: train, then export the weights; returns the exit status."""
     from model.training.dataset import entries_from_paths, load_train_volumes
     from model.training.export import export_model
-    from model.training.train import TrainConfig, train
+    from model.training.train import train
+
 
     inputs = args.inputs or [shared_data_dir() / "manifest.csv"]
     entries = entries_from_paths(inputs) + entries_from_paths(args.val, split="val")
-    train_v = load_train_volumes([e for e in entries if e.split == "train"], args.cache)
+    train_v = training_volumes([e for e in entries if e.split == "train"], args)
     val_v = load_train_volumes([e for e in entries if e.split == "val"], args.cache)
-    if args.phantom_variants:
-        from model.training.phantom import synthetic_volumes
-
-        phantom_dir = args.phantom_dir or shared_data_dir() / "phantoms"
-        train_v += synthetic_volumes(phantom_dir, args.phantom_variants, seed=args.seed)
-    cfg = TrainConfig(
-        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        volumes_per_batch=args.volumes_per_batch, slices_per_volume=args.slices_per_volume,
-        delta_h_min_mm=args.delta_h[0], delta_h_max_mm=args.delta_h[1], loss=args.loss,
-        beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
-        augment=not args.no_augment, small_fov_p=args.small_fov_p, threads=args.threads,
-        extra={"phantom_variants": str(args.phantom_variants)},
-    )
+    cfg = config_from_args(args)
     log.info("training on %d volumes, validating on %d", len(train_v), len(val_v))
     net = train(train_v, val_v, cfg, args.out, resume=args.resume)
     weights = export_model(net, asdict(cfg), args.out)

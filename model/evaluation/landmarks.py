@@ -5,8 +5,8 @@ Landmarks come from two sources:
 * label maps (``labels/<id>.nii.gz`` + ``.json`` of the shared data: OpenKBP head-and-neck
   organs at risk, the OnkoDICOM thorax and the Pelvic-Ref pelvis contours), read here
   (:func:`read_label_map`, :func:`landmarks_from_labels`), and
-* the CT itself, for the lungs of every volume (an HU rule, no labels needed:
-  :mod:`model.evaluation.lung_landmarks`).
+* the CT itself, for the lungs and the bony pelvis of every volume (HU rules, no labels
+  needed: :mod:`model.evaluation.lung_landmarks`, :mod:`model.evaluation.bone_landmarks`).
 
 :func:`landmarks_for_volume` and :func:`volume_landmarks` combine both. Every position is a
 world z in mm along the patient's superior axis, the same axis as
@@ -29,6 +29,12 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
+from model.evaluation.bone_landmarks import (
+    BONE_LANDMARK_RULES,
+    BoneProfile,
+    bone_landmarks_from_profile,
+    bone_profile,
+)
 from model.evaluation.lung_landmarks import (
     LungProfile,
     content_extent,
@@ -90,8 +96,12 @@ LABEL_LANDMARKS: tuple[LabelLandmark, ...] = (
     LabelLandmark("brainstem_top", "brainstem", "top"),
 )
 
-#: All landmark names, feet → head.
-LANDMARK_NAMES: tuple[str, ...] = tuple(lm.name for lm in LABEL_LANDMARKS)
+#: All landmark names, feet → head: the label landmarks and the image bone landmarks
+#: (pelvis_bottom, iliac_crest_top; femoral_head_top has both sources).
+LANDMARK_NAMES: tuple[str, ...] = (
+    "pelvis_bottom", *(lm.name for lm in LABEL_LANDMARKS[:3]), "iliac_crest_top",
+    *(lm.name for lm in LABEL_LANDMARKS[3:]),
+)
 
 #: When a label landmark is left out, appended to each rule text.
 _EDGE_NOTE = (
@@ -117,7 +127,12 @@ def _describe(lm: LabelLandmark) -> str:
 
 
 #: Landmark name → rule, one sentence each, for the model card.
-LANDMARK_RULES: dict[str, str] = {lm.name: _describe(lm) for lm in LABEL_LANDMARKS}
+LANDMARK_RULES: dict[str, str] = {
+    **{name: f"image bone rule: {rule}" for name, rule in BONE_LANDMARK_RULES.items()},
+    **{lm.name: _describe(lm) for lm in LABEL_LANDMARKS},
+}
+LANDMARK_RULES["femoral_head_top"] += (
+    "; without a femur label, the image bone rule: " + BONE_LANDMARK_RULES["femoral_head_top"])
 
 
 def _slice_counts(labels: npt.NDArray[np.integer], n_values: int) -> npt.NDArray[np.int64]:
@@ -241,15 +256,21 @@ def landmarks_for_volume(
     names: dict[int, str] | None = None,
     *,
     profile: LungProfile | None = None,
+    bones: BoneProfile | None = None,
 ) -> dict[str, float]:
-    """All landmarks of one volume: image-derived lungs, then label landmarks over them.
+    """All landmarks of one volume: image-derived bones and lungs, then label landmarks
+    over them.
 
     Lung landmarks come from the labels alone when the map names lungs, even where the
     labels leave one out as cut (the image would not see more of the lung either).
-    ``profile`` is :func:`lung_profile` of ``volume`` when the caller has it already.
+    ``profile`` and ``bones`` are :func:`lung_profile` and
+    :func:`~model.evaluation.bone_landmarks.bone_profile` of ``volume`` when the caller
+    has them already.
     """
     profile = profile or lung_profile(volume)
-    out = lung_landmarks_from_profile(profile, volume.z_mm)
+    bones = bones or bone_profile(volume, profile)
+    out = bone_landmarks_from_profile(bones, volume.z_mm)
+    out.update(lung_landmarks_from_profile(profile, volume.z_mm))
     if labels is None or names is None:
         return _ordered(out)
     if labels.shape != volume.hu.shape:
@@ -257,7 +278,7 @@ def landmarks_for_volume(
             f"{volume.source}: label map shape {labels.shape} differs from CT {volume.hu.shape}"
         )
     if has_lung_labels(names):
-        out = {}
+        out = {k: v for k, v in out.items() if k not in ("lung_bottom", "lung_top")}
     out.update(landmarks_from_labels(labels, names, volume.z_mm, valid_slices=profile.occupied))
     return _ordered(out)
 

@@ -82,11 +82,15 @@ def region_group(body_regions: Iterable[str]) -> str:
 
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--split``, ``--manifest`` and ``--markdown`` of the per-volume benchmarks."""
+    """``--split``, ``--manifest``, ``--markdown`` and ``--weights`` of the per-volume
+    benchmarks."""
     parser.add_argument("--split", choices=("val", "train", "all"), default="val")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="default: ../shared/data/manifest.csv")
     parser.add_argument("--markdown", type=Path, help="also write the report here")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="model to measure (.pt beside its calibrated .json; default: the"
+                             " shipped model)")
 
 
 def selected_items(args: argparse.Namespace) -> list[EvalItem]:

@@ -41,18 +41,23 @@ CLASS_BOUNDARIES: tuple[float, ...] = tuple(
     PUBLISHED_REFERENCE[n] for n in CLASS_BOUNDARY_LANDMARKS
 )
 
-#: Ground truth per class: (class, landmarks, how, rule text). "span": from the lowest to
-#: the highest of the landmarks present (at least two), both ends included; "between":
-#: from the first landmark (included) up to the second (excluded), matching the half-open
-#: published classes (a score equal to a boundary belongs to the class above).
+#: Ground truth per class: (class, landmarks, how, rule text); a class may have several
+#: rules. "span": from the lowest to the highest of the landmarks present (at least two),
+#: both ends included; "between": from the first landmark (included) up to the second
+#: (excluded), matching the half-open published classes (a score equal to a boundary
+#: belongs to the class above).
 CLASS_TRUTH: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("pelvis", ("prostate_centre", "femoral_head_top", "bladder_top"), "span",
      "from the lowest to the highest of prostate_centre, femoral_head_top and bladder_top "
      "(at least two present): all lie inside the bony pelvis, so this is a subset of the "
      "pelvis class (pelvis_start..pelvis_end)"),
+    ("pelvis", ("pelvis_bottom", "iliac_crest_top"), "between",
+     "pelvis_bottom ≤ z < iliac_crest_top (image bone rules): the published pelvis class"),
     ("abdomen", ("liver_bottom", "lung_bottom"), "between",
      "liver_bottom ≤ z < lung_bottom: the liver's lower tip (≈ L2-L3) lies above the iliac "
      "crest (pelvis_end), so a subset of the abdomen class"),
+    ("abdomen", ("iliac_crest_top", "lung_bottom"), "between",
+     "iliac_crest_top ≤ z < lung_bottom: the published abdomen class (pelvis_end..lung_start)"),
     ("chest", ("lung_bottom", "lung_top"), "between",
      "lung_bottom ≤ z < lung_top: exactly the published chest class (lung_start..lung_end)"),
     ("neck", ("lung_top", "brainstem_bottom"), "between",
@@ -61,8 +66,11 @@ CLASS_TRUTH: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("head", ("brainstem_bottom", "brainstem_top"), "span",
      "brainstem_bottom ≤ z ≤ brainstem_top: inside the skull, a subset of the head class"),
 )
-#: Class rules for the model card.
-CLASS_RULES: dict[str, str] = {c: rule for c, _, _, rule in CLASS_TRUTH}
+#: Class rules for the model card (a class's rules joined by "or").
+CLASS_RULES: dict[str, str] = {
+    c: "; or ".join(rule for c2, _, _, rule in CLASS_TRUTH if c2 == c)
+    for c in dict.fromkeys(c for c, _, _, _ in CLASS_TRUTH)
+}
 #: Class index of slices that no ground-truth rule (or more than one) assigns.
 NO_CLASS = -1
 #: How the LMSE is computed, for the model card.
@@ -276,19 +284,18 @@ def _class_mask(z: FloatVector, names: tuple[str, ...], how: str,
 def truth_classes(z_mm: npt.ArrayLike, landmarks: Mapping[str, float]) -> IntVector:
     """Ground-truth class per slice from the volume's landmarks, :data:`NO_CLASS` elsewhere.
 
-    Rules: :data:`CLASS_RULES`. A slice that two rules claim (inconsistent landmarks) gets
-    no class.
+    Rules: :data:`CLASS_RULES`. A slice that rules of two classes claim (inconsistent
+    landmarks) gets no class.
     """
     z = np.asarray(z_mm, dtype=np.float64)
-    truth = np.full(z.shape, NO_CLASS, dtype=np.int64)
-    claims = np.zeros(z.shape, dtype=np.int64)
+    claimed = np.zeros((len(CLASS_NAMES), z.size), dtype=bool)
     for cls, names, how, _ in CLASS_TRUTH:
         inside = _class_mask(z, names, how, landmarks)
-        if inside is None:
-            continue
-        truth[inside] = CLASS_NAMES.index(cls)
-        claims += inside
-    truth[claims > 1] = NO_CLASS
+        if inside is not None:
+            claimed[CLASS_NAMES.index(cls)] |= inside
+    truth = np.full(z.shape, NO_CLASS, dtype=np.int64)
+    single = claimed.sum(axis=0) == 1
+    truth[single] = claimed.argmax(axis=0)[single]
     return truth
 
 

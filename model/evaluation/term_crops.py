@@ -25,7 +25,6 @@ import numpy.typing as npt
 
 from model.evaluation.bone_landmarks import (
     abdomen_floor,
-    bone_landmarks_from_profile,
     bone_profile,
     pelvis_reaches_bottom,
 )
@@ -172,8 +171,7 @@ def volume_anatomy(name: str, volume: CTVolume, labels: npt.NDArray[np.integer] 
     """Landmarks (labels over image lungs over bone rules) and region extents of a volume."""
     lungs = lung_profile(volume)
     bones = bone_profile(volume, lungs)
-    landmarks = bone_landmarks_from_profile(bones, volume.z_mm)
-    landmarks.update(landmarks_for_volume(volume, labels, names, profile=lungs))
+    landmarks = landmarks_for_volume(volume, labels, names, profile=lungs, bones=bones)
     first, last = content_extent(lungs.occupied, volume.n_slices)
     if last < first:
         return VolumeAnatomy(name, landmarks)

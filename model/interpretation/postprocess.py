@@ -302,7 +302,11 @@ def slope_bounds(statistics: Mapping[str, Any], settings: PostprocessSettings
     stored = statistics.get("tangential_slope")
     if isinstance(stored, Mapping) and _finite_number(stored.get("q005")) \
             and _finite_number(stored.get("q995")):
-        return SlopeBounds(float(stored["q005"]), float(stored["q995"]), "model"), []
+        # Clamped at 0: where a model's training curves wobble backwards at a few slices
+        # (q005 < 0), falling tails would count as valid and stay, e.g. the flat, wobbling
+        # skull cap above the training data (a gantry-tilted head then looks unplaceable).
+        low = max(float(stored["q005"]), 0.0)
+        return SlopeBounds(low, float(stored["q995"]), "model"), []
     low, high = DEFAULT_TANGENTIAL_SLOPE
     return SlopeBounds(low, high, "default"), [
         f"model has no tangential slope statistics; tail removal uses bpreg's defaults "

@@ -20,11 +20,12 @@ from tqdm import tqdm
 from model.reading.load import load_volumes
 from model.reading.volume import CTInputError
 from model.scoring import preprocess
+from model.training.anchors import NO_ANCHORS, Anchors, find_anchors
 
 log = logging.getLogger(__name__)
 
-#: Bump when preprocessing changes so stale cache entries are rebuilt.
-CACHE_VERSION = 1
+#: Bump when preprocessing changes so stale cache entries are rebuilt (3: anchors added).
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -36,6 +37,8 @@ class TrainVolume:
     z_mm: np.ndarray  # (n,) float64, increasing
     group: str  # used to balance sampling between collections
     weight: float = 1.0  # extra sampling factor (synthetic data is down-weighted)
+    anchors: Anchors = NO_ANCHORS  # image landmarks for the anchor loss
+    retained: np.ndarray | None = None  # (n,) starting raw score to keep, NaN: free
 
     @property
     def z_spacing_mm(self) -> float:
@@ -103,7 +106,8 @@ def load_train_volumes(
         cached = cache_dir / f"{_cache_key(entry.path)}.npz" if cache_dir else None
         if cached is not None and cached.exists():
             with np.load(cached) as z:
-                volumes.append(TrainVolume(entry.name, z["slices"], z["z_mm"], entry.group))
+                volumes.append(TrainVolume(entry.name, z["slices"], z["z_mm"], entry.group,
+                                           anchors=Anchors.from_arrays(z)))
             continue
         try:
             loaded = load_volumes(entry.path)
@@ -114,11 +118,15 @@ def load_train_volumes(
             log.warning("skipping part of %s: %s", entry.path, err)
         for i, vol in enumerate(loaded.volumes):
             slices = preprocess.preprocess_slices(vol.hu, vol.pixel_spacing_mm).astype(np.float16)
+            anchors = find_anchors(vol)
             name = entry.name if len(loaded.volumes) == 1 else f"{entry.name}#{i}"
-            volumes.append(TrainVolume(name, slices, vol.z_mm, entry.group))
+            volumes.append(TrainVolume(name, slices, vol.z_mm, entry.group, anchors=anchors))
             if cached is not None and len(loaded.volumes) == 1:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cached.with_suffix(".tmp.npz")
-                np.savez(tmp, slices=slices, z_mm=vol.z_mm)
+                np.savez(tmp, slices=slices, z_mm=vol.z_mm,
+                         anchor_names=np.array(anchors.names, "U32"),
+                         anchor_z_mm=anchors.z_mm, anchor_index=anchors.slice_index,
+                         anchor_score=anchors.score)
                 tmp.replace(cached)
     return volumes

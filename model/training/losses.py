@@ -47,3 +47,14 @@ def distance_loss(scores: torch.Tensor) -> torch.Tensor:
     if delta_s.shape[1] < 2:
         return scores.sum() * 0.0
     return F.smooth_l1_loss(delta_s[:, 1:], delta_s[:, :-1], reduction="mean")
+
+
+def anchor_loss(scores: torch.Tensor, targets: torch.Tensor, delta: float) -> torch.Tensor:
+    """Huber loss between the scores of anchor slices and their targets (same units).
+
+    Quadratic within ``delta`` of the target, linear beyond it, so a landmark rule that
+    fires on the wrong slice pulls with bounded force. Returns 0 without anchors.
+    """
+    if targets.numel() == 0:
+        return scores.sum() * 0.0
+    return F.smooth_l1_loss(scores.reshape(-1), targets.reshape(-1), beta=delta)

@@ -16,7 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from model.reading.nifti import read_nifti
+from model.reading.volume import CTVolume
 from model.scoring import preprocess
+from model.training.anchors import find_anchors
 from model.training.dataset import TrainVolume
 
 #: Phantoms in ``<shared data>/phantoms`` (adult male, adult female).
@@ -68,6 +70,8 @@ def synthetic_volumes(phantom_dir: Path, variants: int, seed: int = 0) -> list[T
             spacing = (ids.pixel_spacing_mm[0] * width, ids.pixel_spacing_mm[1] * width)
             slices = preprocess.preprocess_slices(hu, spacing).astype(np.float16)
             z_mm = ids.z_mm[0] + (ids.z_mm - ids.z_mm[0]) * height
+            # The same HU rules as for real CT find the synthetic CT's anchors.
+            anchors = find_anchors(CTVolume(hu, z_mm, spacing, f"{name}-synthetic-{v}"))
             out.append(TrainVolume(f"{name}-synthetic-{v}", slices, z_mm, GROUP,
-                                   weight=SAMPLING_WEIGHT))
+                                   weight=SAMPLING_WEIGHT, anchors=anchors))
     return out

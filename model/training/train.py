@@ -23,8 +23,14 @@ from tqdm import tqdm
 
 from model.scoring.network import STAGE_CHANNELS, SliceScoreNet
 from model.training import augment as aug
+from model.training.anchors import anchor_targets
 from model.training.dataset import TrainVolume
-from model.training.losses import classification_order_loss, distance_loss, heuristic_order_loss
+from model.training.losses import (
+    anchor_loss,
+    classification_order_loss,
+    distance_loss,
+    heuristic_order_loss,
+)
 from model.training.sampling import sample_equidistant
 
 log = logging.getLogger(__name__)
@@ -51,11 +57,28 @@ class TrainConfig:
     threads: int = 0  # 0: torch default
     channels: tuple[int, ...] = STAGE_CHANNELS
     val_samples_per_volume: int = 8
+    # Anchor loss (model.training.anchors): weight γ, Huber δ in raw units, and the
+    # calibration score = scale·raw + offset that turns published scores into raw targets
+    # (default: the shipped model's, whose raw slope matches β).
+    anchor_weight: float = 0.0
+    anchor_delta: float = 0.4
+    anchor_scale: float = 12.35
+    anchor_offset: float = 67.42
+    # Retention (fine-tuning only): slices that the starting model scores at or above
+    # ``retain_above`` (calibrated; default bpreg's lung_end: the head and neck, where it is
+    # accurate) keep that raw score, with weight ρ and the anchors' Huber δ.
+    retain_weight: float = 0.0
+    retain_above: float = 75.4
+    # Sampling factor of volumes that show a landmark below the lung top (the torso).
+    torso_factor: float = 1.0
+    # Start from these weights (fine-tuning) instead of a random initialisation.
+    init_weights: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _balanced_weights(volumes: list[TrainVolume]) -> np.ndarray:
-    """Sampling weights ∝ z-extent / sqrt(size of the volume's group).
+def _balanced_weights(volumes: list[TrainVolume], torso_factor: float = 1.0) -> np.ndarray:
+    """Sampling weights ∝ z-extent / sqrt(size of the volume's group), × ``torso_factor``
+    for volumes that show the torso.
 
     Dominant collections (120 head-and-neck RT scans) would otherwise crowd out the few
     abdomen and pelvis scans; sqrt keeps large groups more frequent than small ones.
@@ -64,16 +87,29 @@ def _balanced_weights(volumes: list[TrainVolume]) -> np.ndarray:
     for v in volumes:
         counts[v.group] = counts.get(v.group, 0) + 1
     w = np.array([v.weight * (v.z_mm[-1] - v.z_mm[0] + 1.0) / math.sqrt(counts[v.group])
-                  for v in volumes])
+                  * (torso_factor if v.anchors.shows_torso else 1.0) for v in volumes])
     weights: np.ndarray = w / w.sum()
     return weights
 
 
-def _gather(
-    rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndarray, cfg: TrainConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slices (B·m, 1, S, S) and per-volume mean Δh (B,) for the picked volumes."""
-    batch, delta_h = [], []
+@dataclass
+class Batch:
+    """One training step's input: B·m order slices, then the anchor slices.
+
+    ``retain_target`` holds, per order slice, the starting model's raw score where that
+    slice is retained (see :attr:`TrainConfig.retain_weight`) and NaN elsewhere.
+    """
+
+    x: torch.Tensor  # (B·m + k, 1, S, S)
+    delta_h: torch.Tensor  # (B,) mean Δh in mm per picked volume
+    anchor_target: torch.Tensor  # (k,) raw targets of the anchor slices
+    retain_target: torch.Tensor  # (B·m,)
+
+
+def _gather(rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndarray,
+            cfg: TrainConfig, anchor_targets_raw: list[np.ndarray] | None = None) -> Batch:
+    """m equidistant slices of each picked volume, then the anchors of each pick."""
+    batch, delta_h, retain = [], [], []
     for i in picks:
         v = volumes[int(i)]
         s = sample_equidistant(
@@ -83,19 +119,40 @@ def _gather(
         batch.append(v.slices[s.indices])
         # True positions, not k·spacing: exact also for gapped series.
         delta_h.append((v.z_mm[s.indices[-1]] - v.z_mm[s.indices[0]]) / (len(s.indices) - 1))
-    x = torch.from_numpy(np.stack(batch).astype(np.float32))
-    return x.reshape(-1, 1, *x.shape[-2:]), torch.tensor(delta_h, dtype=torch.float32)
+        retain.append(v.retained[s.indices] if v.retained is not None
+                      else np.full(len(s.indices), np.nan, np.float32))
+    x = np.stack(batch).reshape(-1, *batch[0].shape[-2:])
+    targets = np.zeros(0, np.float32)
+    if anchor_targets_raw is not None:
+        x = np.concatenate([x] + [volumes[int(i)].slices[volumes[int(i)].anchors.slice_index]
+                                  for i in picks])
+        targets = np.concatenate([anchor_targets_raw[int(i)] for i in picks])
+    return Batch(torch.from_numpy(x.astype(np.float32))[:, None],
+                 torch.tensor(delta_h, dtype=torch.float32),
+                 torch.from_numpy(targets.astype(np.float32)),
+                 torch.from_numpy(np.concatenate(retain).astype(np.float32)))
 
 
-def batch_loss(net: SliceScoreNet, x: torch.Tensor, delta_h: torch.Tensor,
-               cfg: TrainConfig) -> torch.Tensor:
-    scores = net(x).reshape(len(delta_h), -1)
+def batch_loss(net: SliceScoreNet, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    """Order (+ distance) loss of the order slices, plus γ × anchor loss of the anchor
+    slices and ρ × retention loss of the retained order slices."""
+    out = net(batch.x).reshape(-1)
+    n_order = len(batch.delta_h) * cfg.slices_per_volume
+    scores = out[:n_order].reshape(len(batch.delta_h), -1)
     if cfg.loss == "heuristic":
-        loss = heuristic_order_loss(scores, delta_h, cfg.beta_per_mm)
+        loss = heuristic_order_loss(scores, batch.delta_h, cfg.beta_per_mm)
     else:
         loss = classification_order_loss(scores)
     if cfg.alpha_distance:
         loss = loss + cfg.alpha_distance * distance_loss(scores)
+    if cfg.anchor_weight:
+        loss = loss + cfg.anchor_weight * anchor_loss(out[n_order:], batch.anchor_target,
+                                                      cfg.anchor_delta)
+    kept = ~torch.isnan(batch.retain_target)
+    if cfg.retain_weight and bool(kept.any()):
+        loss = loss + cfg.retain_weight * anchor_loss(out[:n_order][kept],
+                                                      batch.retain_target[kept],
+                                                      cfg.anchor_delta)
     return loss
 
 
@@ -117,11 +174,22 @@ def validate(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -
     losses = []
     with torch.no_grad():
         for _ in range(cfg.val_samples_per_volume):
-            x, dh = _gather(rng, volumes, np.arange(len(volumes)), cfg)
-            losses.append(float(batch_loss(net, x, dh, cfg)))
+            batch = _gather(rng, volumes, np.arange(len(volumes)), cfg)
+            losses.append(float(batch_loss(net, batch, cfg)))
     rhos = [float(spearmanr(score_stack(net, v.slices), v.z_mm)[0]) for v in volumes]
     return {"val_loss": float(np.mean(losses)), "val_spearman_min": float(np.min(rhos)),
             "val_spearman_mean": float(np.mean(rhos))}
+
+
+def _mark_retained(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -> None:
+    """Store the starting model's raw score of every slice it places at or above
+    ``cfg.retain_above`` (NaN elsewhere) in ``TrainVolume.retained``."""
+    threshold = (cfg.retain_above - cfg.anchor_offset) / cfg.anchor_scale
+    for v in volumes:
+        raw = score_stack(net, v.slices).astype(np.float32)
+        v.retained = np.where(raw >= threshold, raw, np.nan).astype(np.float32)
+    n = sum(int(np.isfinite(v.retained).sum()) for v in volumes if v.retained is not None)
+    log.info("retaining the starting scores of %d slices", n)
 
 
 @dataclass
@@ -182,6 +250,10 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SliceScoreNet(cfg.channels)
+    if cfg.init_weights:
+        net.load_state_dict(torch.load(cfg.init_weights, weights_only=True))
+        if cfg.retain_weight:
+            _mark_retained(net, train_volumes, cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
@@ -192,7 +264,12 @@ def train(
     run = _RunState(net, opt, sched, rng, gen)
     ckpt_path = out_dir / "last.pt"
     start_epoch = run.load(ckpt_path) if resume and ckpt_path.exists() else 0
-    weights = _balanced_weights(train_volumes)
+    weights = _balanced_weights(train_volumes, cfg.torso_factor)
+    targets = [anchor_targets(v.anchors, cfg.anchor_scale, cfg.anchor_offset)
+               for v in train_volumes]
+    log.info("%d of %d training volumes have anchors (%d show the torso)",
+             sum(len(t) > 0 for t in targets), len(train_volumes),
+             sum(v.anchors.shows_torso for v in train_volumes))
     history = out_dir / "history.jsonl"
     end_epoch = min(cfg.epochs, stop_after_epoch or cfg.epochs)
     for epoch in range(start_epoch, end_epoch):
@@ -203,10 +280,11 @@ def train(
                    disable=not progress, leave=False)
         for _ in bar:
             picks = rng.choice(len(train_volumes), size=cfg.volumes_per_batch, p=weights)
-            x, dh = _gather(rng, train_volumes, picks, cfg)
+            batch = _gather(rng, train_volumes, picks, cfg,
+                            targets if cfg.anchor_weight else None)
             if cfg.augment:
-                x = aug.augment(x, gen, augment_cfg)
-            loss = batch_loss(net, x, dh, cfg)
+                batch.x = aug.augment(batch.x, gen, augment_cfg)
+            loss = batch_loss(net, batch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()

@@ -186,18 +186,10 @@ def val_results(shared_data: Path, regressor: BodyPartRegressor
     return [(item, analyze(read_nifti(item.ct_path), regressor)) for item in items]
 
 
-#: Val volumes the model misplaces (a model shortfall, not a rule's): kept out of the test
-#: below and checked by a strict xfail, so that a better model shows up.
-MISPLACED = {"pelvicref_002": "the model scores its upper abdomen (about L1-L2, no lung in "
-                              "the scan) above the lung-base landmark: 63 mm count as chest"}
-
-
 def test_real_val_terms_match_the_visible_anatomy(
         val_results: list[tuple[EvalItem, BodyPartResult]]) -> None:
     named = 0
     for item, result in val_results:
-        if item.name in MISPLACED:
-            continue
         term = result.body_part_examined
         if term is None:
             # withheld only with a reason, and only for the limb crops the model cannot place
@@ -209,15 +201,14 @@ def test_real_val_terms_match_the_visible_anatomy(
             continue
         named += 1
         assert term_agrees_with_regions(term, item.body_regions), (item.name, term)
-    assert named >= 14
+    assert named >= 15
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: " + MISPLACED["pelvicref_002"])
-def test_real_val_misplaced_torso_volume(
+def test_real_val_pelvis_is_named_without_the_chest(
         val_results: list[tuple[EvalItem, BodyPartResult]]) -> None:
-    (item, result), = [(i, r) for i, r in val_results if i.name == "pelvicref_002"]
-    term = result.body_part_examined
-    assert term is not None and term_agrees_with_regions(term, item.body_regions), term
+    # the predecessor scored Pelvic-Ref-002's upper abdomen at the lung bases: CHESTABDPELVIS
+    (result,) = [r for i, r in val_results if i.name == "pelvicref_002"]
+    assert result.body_part_examined == "ABDOMENPELVIS"
 
 
 def test_real_val_documents_are_strict_and_match_the_schema(

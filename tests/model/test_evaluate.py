@@ -291,3 +291,16 @@ def test_evaluate_runs_a_real_network(shared_data: Path) -> None:
     assert report.n_volumes == {"train": 2, "val": 1}
     assert [r.name for r in report.landmarks] == ["lung_bottom", "lung_top"]
     assert report.seconds > 0
+
+
+def test_truth_classes_from_bone_landmarks_are_the_published_pelvis_and_abdomen() -> None:
+    z = np.arange(0.0, 100.0)
+    lm = {"pelvis_bottom": 10.0, "femoral_head_top": 25.0, "iliac_crest_top": 40.0,
+          "lung_bottom": 70.0}
+    truth = truth_classes(z, lm)
+    pelvis, abdomen = CLASS_NAMES.index("pelvis"), CLASS_NAMES.index("abdomen")
+    assert (truth[10:40] == pelvis).all() and (truth[40:70] == abdomen).all()
+    assert (truth[:10] == NO_CLASS).all()
+    # two pelvis rules that overlap (label span and bone interval) keep their class
+    lm.update({"prostate_centre": 15.0, "bladder_top": 35.0})
+    assert (truth_classes(z, lm)[10:40] == pelvis).all()

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from model.training.losses import classification_order_loss, distance_loss, heuristic_order_loss
+from model.training.losses import (
+    anchor_loss,
+    classification_order_loss,
+    distance_loss,
+    heuristic_order_loss,
+)
 
 
 def _sig(x: float) -> float:
@@ -52,3 +57,20 @@ def test_distance_loss_is_smooth_l1_of_second_differences() -> None:
     expected = ((0.5 * 1.0**2) + (1.5 - 0.5)) / 2
     assert distance_loss(scores).item() == pytest.approx(expected, rel=1e-6)
     assert distance_loss(torch.tensor([[0.0, 1.0]])).item() == 0.0
+
+
+def test_anchor_loss_is_huber_with_bounded_pull() -> None:
+    scores = torch.tensor([1.0, 0.0, 5.0])
+    targets = torch.tensor([1.1, 0.0, 1.0])
+    # 0.1 inside δ = 0.4: 0.5·0.1²/0.4; 4.0 outside: 4.0 − 0.5·0.4
+    expected = (0.5 * 0.01 / 0.4 + 0.0 + (4.0 - 0.2)) / 3
+    assert float(anchor_loss(scores, targets, 0.4)) == pytest.approx(expected, rel=1e-5)
+    scores.requires_grad_(True)
+    anchor_loss(scores, targets, 0.4).backward()  # type: ignore[no-untyped-call]
+    assert scores.grad is not None and float(scores.grad[2]) == pytest.approx(1 / 3)
+
+
+def test_anchor_loss_without_anchors_is_zero_and_differentiable() -> None:
+    scores = torch.zeros(0, requires_grad=True)
+    loss = anchor_loss(scores, torch.zeros(0), 0.4)
+    assert float(loss) == 0.0 and loss.requires_grad

@@ -33,3 +33,14 @@ def test_variants_differ_and_keep_anatomy_order(shared_data: Path) -> None:
     assert 0.6 < peak < 0.9
     again = synthetic_volumes(shared_data / "phantoms", variants=2, seed=3)
     assert np.array_equal(again[0].slices, a.slices)
+
+
+def test_variants_are_anchored_by_the_same_rules_as_real_ct(shared_data: Path) -> None:
+    vols = synthetic_volumes(shared_data / "phantoms", variants=1, seed=0)
+    for v in vols:
+        names = v.anchors.names
+        assert {"femoral_head_top", "iliac_crest_top", "lung_bottom", "lung_top"} <= set(names)
+        # feet → head, on the variant's own stretched z axis
+        assert list(names).index("femoral_head_top") < list(names).index("lung_top")
+        assert np.all(np.diff(v.anchors.z_mm) > 0)
+        assert np.all(v.z_mm[v.anchors.slice_index] == np.sort(v.z_mm[v.anchors.slice_index]))

@@ -134,7 +134,10 @@ def test_tail_removal_follows_a_reversed_curve() -> None:
 
 
 def test_slope_bounds_model_settings_default() -> None:
-    assert slope_bounds(STATS, PostprocessSettings())[0] == SlopeBounds(-0.05, 0.25, "model")
+    # a negative lower quantile is clamped at 0: a falling tail is never kept as valid
+    assert slope_bounds(STATS, PostprocessSettings())[0] == SlopeBounds(0.0, 0.25, "model")
+    positive = {"tangential_slope": {"q005": 0.01, "q995": 0.25}}
+    assert slope_bounds(positive, PostprocessSettings())[0] == SlopeBounds(0.01, 0.25, "model")
     own = PostprocessSettings(tangential_slope=(-0.1, 0.3))
     assert slope_bounds(STATS, own)[0].source == "settings"
     bounds, warnings = slope_bounds({}, PostprocessSettings())

@@ -50,7 +50,9 @@ def test_predict_tilted_ge_head_series(shared_data: Path, tmp_path: Path) -> Non
     scores = np.array(doc["unprocessed slice scores"])
     # The top 3 slices cut through the skull cap, above anything in the training data: their
     # raw scores fall, and tail removal drops them from the cleaned scores.
-    assert spearmanr(scores[:-3], z[:-3])[0] > 0.9
+    # ρ 0.85: the lower brain is scored flat at 91, the upper one at 100 (the predecessor of
+    # the issue-12 model reached 0.9; model card, Limitations)
+    assert spearmanr(scores[:-3], z[:-3])[0] > 0.8
     assert np.median(scores) > 84.7  # above the mandible's reference score: a head scan
     assert doc["slice_scores"][-1] is None and doc["slice_scores"][0] is not None
     # a brain CT's curve is steeper than the average training curve; it must still pass

@@ -273,7 +273,10 @@ def test_real_originals_pass_every_check(val_scored: dict[str, Scored],
         r = _variant(s, regressor)
         assert r.valid_z_spacing is True, (name, r.slope_ratio)
         assert r.reverse_z_ordering is False, name
-        assert not r.anomalies, (name, r.anomalies)
+        # no error; Pelvic-Ref-002 carries a placement-wobble warning (a bowel-gas slice
+        # above its iliac crest scores 8 higher than its neighbours)
+        assert not [a for a in r.anomalies if a.severity.value == "error"], (name, r.anomalies)
+        assert all(a.code.value == "discontinuity" for a in r.anomalies), (name, r.anomalies)
 
 
 @pytest.mark.parametrize("factor", [2.0, 0.5])

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from model.cli.train import add_training_options, config_from_args
+from model.paths import DEFAULT_WEIGHTS
+from model.scoring.inference import ModelMeta
+from model.scoring.network import SliceScoreNet
+from model.training.anchors import anchor_targets
 from model.training.dataset import TrainVolume, entries_from_paths, load_train_volumes
-from model.training.train import TrainConfig, _gather, batch_loss, train
+from model.training.train import (
+    TrainConfig,
+    _balanced_weights,
+    _gather,
+    batch_loss,
+    score_stack,
+    train,
+)
 
-VOLUMES = ("openkbp_pt_2", "openkbp_pt_3", "lidc_0003", "crlm_ct_1004", "pelvic_ref_003")
+VOLUMES = ("openkbp_pt_2", "openkbp_pt_3", "lidc_0003", "crlm_ct_1004", "pelvicref_003")
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +41,18 @@ def _config(**kw: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
-def _fixed_loss(net: torch.nn.Module, volumes: list[TrainVolume], cfg: TrainConfig) -> float:
+def _fixed_loss(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -> float:
     rng = np.random.default_rng(99)
     net.eval()
     with torch.no_grad():
-        losses = [batch_loss(net, *_gather(rng, volumes, np.arange(len(volumes)), cfg), cfg)
+        losses = [batch_loss(net, _gather(rng, volumes, np.arange(len(volumes)), cfg), cfg)
                   for _ in range(8)]
     return float(torch.stack(losses).mean())
 
 
 def test_training_lowers_the_loss(volumes: list[TrainVolume], tmp_path: Path) -> None:
-    cfg = _config()
+    cfg = _config(steps_per_epoch=20)
     torch.manual_seed(cfg.seed)
-    from model.scoring.network import SliceScoreNet
-
     before = _fixed_loss(SliceScoreNet(cfg.channels), volumes, cfg)
     net = train(volumes, volumes[:2], cfg, tmp_path, progress=False)
     after = _fixed_loss(net, volumes, cfg)
@@ -59,3 +70,84 @@ def test_interrupted_and_resumed_run_equals_straight_run(volumes: list[TrainVolu
     resumed = train(volumes, [], cfg, tmp_path / "b", resume=True, progress=False)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def _anchor_error(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -> float:
+    errors = []
+    for v in volumes:
+        target = anchor_targets(v.anchors, cfg.anchor_scale, cfg.anchor_offset)
+        errors += list(np.abs(score_stack(net, v.slices[v.anchors.slice_index]) - target))
+    return float(np.mean(errors))
+
+
+def test_every_volume_is_anchored(volumes: list[TrainVolume]) -> None:
+    assert len(volumes) == len(VOLUMES)
+    assert all(v.anchors.names for v in volumes)
+
+
+def test_anchor_loss_pulls_landmarks_to_published_scores(volumes: list[TrainVolume],
+                                                         tmp_path: Path) -> None:
+    free = train(volumes, [], _config(), tmp_path / "free", progress=False)
+    anchored_cfg = _config(anchor_weight=1.0)
+    anchored = train(volumes, [], anchored_cfg, tmp_path / "anchored", progress=False)
+    assert _anchor_error(anchored, volumes, anchored_cfg) < 0.5 * _anchor_error(
+        free, volumes, anchored_cfg)
+
+
+def test_fine_tuning_starts_from_the_given_weights(volumes: list[TrainVolume],
+                                                    tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    start = SliceScoreNet()
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    cfg = _config(epochs=1, steps_per_epoch=1, lr=1e-9, init_weights=str(tmp_path / "start.pt"))
+    tuned = train(volumes, [], cfg, tmp_path / "run", progress=False)
+    # parameters stay (lr ≈ 0); batch-norm statistics move with every forward pass
+    start_params = dict(start.named_parameters())
+    for name, value in tuned.named_parameters():
+        torch.testing.assert_close(value, start_params[name], atol=1e-6, rtol=0)
+
+
+def test_torso_factor_raises_the_share_of_torso_volumes(volumes: list[TrainVolume]) -> None:
+    torso = np.array([v.anchors.shows_torso for v in volumes])
+    assert torso.any() and not torso.all()
+    plain, raised = _balanced_weights(volumes), _balanced_weights(volumes, 3.0)
+    assert raised[torso].sum() > plain[torso].sum()
+    assert raised.sum() == pytest.approx(1.0)
+
+
+def test_retention_keeps_the_starting_scores_of_the_head_and_neck(
+        volumes: list[TrainVolume], tmp_path: Path) -> None:
+    start = train(volumes, [], _config(), tmp_path / "start", progress=False)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    raw = np.concatenate([score_stack(start, v.slices) for v in volumes])
+    # retain the upper half of what the starting model scores; the anchors pull elsewhere
+    threshold = float(np.median(raw))
+
+    def drift(retain_weight: float, name: str) -> float:
+        cfg = _config(anchor_weight=1.0, retain_weight=retain_weight, anchor_scale=1.0,
+                      anchor_offset=0.0, retain_above=threshold,
+                      init_weights=str(tmp_path / "start.pt"))
+        tuned = train(volumes, [], cfg, tmp_path / name, progress=False)
+        for v in volumes:
+            v.retained = None  # training marked the shared fixture's volumes
+        new = np.concatenate([score_stack(tuned, v.slices) for v in volumes])
+        return float(np.abs(new - raw)[raw >= threshold].mean())
+
+    assert drift(3.0, "kept") < 0.5 * drift(0.0, "free")
+
+
+def test_train_options_take_the_anchor_units_from_the_starting_model(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_training_options(parser)
+    args = parser.parse_args(["--init", str(DEFAULT_WEIGHTS), "--anchor-weight", "0.5",
+                              "--retain-weight", "1", "--torso-factor", "3"])
+    cfg = config_from_args(args)
+    meta = ModelMeta.read(DEFAULT_WEIGHTS.with_suffix(".json"))
+    assert (cfg.anchor_scale, cfg.anchor_offset) == (meta.score_scale, meta.score_offset)
+    assert (cfg.anchor_weight, cfg.retain_weight, cfg.torso_factor) == (0.5, 1.0, 3.0)
+    assert cfg.init_weights == str(DEFAULT_WEIGHTS)
+    # an exported but uncalibrated model (scale 1) leaves the defaults
+    (tmp_path / "m.pt").write_bytes(b"")
+    ModelMeta(version="x", channels=[16]).write(tmp_path / "m.json")
+    cfg = config_from_args(parser.parse_args(["--init", str(tmp_path / "m.pt")]))
+    assert (cfg.anchor_scale, cfg.anchor_offset) == (12.35, 67.42)

@@ -1,0 +1,125 @@
+"""Weak anatomical anchors: landmarks the image itself shows, pulled to bpreg's published scores.
+
+Self-supervised order training fixes the direction of the score but not how many score units a
+millimetre is worth in each region; with few torso volumes the pelvis and abdomen end up
+compressed (the femoral head top scored 36 where bpreg's scale puts it at 13.6). The rules of
+:mod:`model.evaluation.lung_landmarks` and :mod:`model.evaluation.bone_landmarks` find the
+lung ends, iliac crests, femoral heads and pelvis bottom from HU alone, with no manual label;
+training pulls the score of those slices towards the landmark's score on bpreg's published
+scale (:data:`ANCHOR_LANDMARKS`). The same rules run on every volume, so the anchors also pull
+the same landmark in different volumes to the same score.
+
+Moving the pelvis down the scale must move the thighs below it too, or a fine-tuned model
+reverses them (seen: Pelvic-Ref-003's thighs scored above its pelvis bottom). Where both the
+pelvis bottom and the femoral heads are found, slices :data:`THIGH_OFFSETS_MM` below the
+pelvis bottom are anchored on the volume's own pelvic scale continued downwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from model.evaluation.bone_landmarks import bone_landmarks
+from model.evaluation.lung_landmarks import (
+    content_extent,
+    lung_landmarks_from_profile,
+    lung_profile,
+)
+from model.interpretation.bodypart import PUBLISHED_REFERENCE
+from model.reading.volume import CTVolume
+
+#: Image landmark → its name in bpreg's published reference table
+#: (``model/data/published_reference.csv``); the score there is the anchor's target.
+ANCHOR_LANDMARKS: dict[str, str] = {
+    "pelvis_bottom": "pelvis_start",
+    "femoral_head_top": "femur_end",
+    "iliac_crest_top": "pelvis_end",
+    "lung_bottom": "lung_start",
+    "lung_top": "lung_end",
+}
+
+#: Landmarks below the lung top: a volume with one of them shows the torso.
+TORSO_LANDMARKS: frozenset[str] = frozenset(ANCHOR_LANDMARKS) - {"lung_top"}
+#: Distances below the pelvis bottom of the thigh anchors (inside the scan's content only).
+THIGH_OFFSETS_MM: tuple[float, ...] = (50.0, 100.0, 150.0)
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """Image landmarks of one training volume: names, z in mm, nearest slice index and
+    target score on bpreg's published scale."""
+
+    names: tuple[str, ...]
+    z_mm: npt.NDArray[np.float64]
+    slice_index: npt.NDArray[np.int64]
+    score: npt.NDArray[np.float64]
+
+    @property
+    def shows_torso(self) -> bool:
+        """Whether a landmark below the lung top is visible."""
+        return bool(TORSO_LANDMARKS.intersection(self.names))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, npt.NDArray[np.generic]] | np.lib.npyio.NpzFile
+                    ) -> Anchors:
+        """Anchors from the ``anchor_*`` arrays of a training cache entry."""
+        return cls(tuple(str(n) for n in arrays["anchor_names"]),
+                   np.asarray(arrays["anchor_z_mm"], dtype=np.float64),
+                   np.asarray(arrays["anchor_index"], dtype=np.int64),
+                   np.asarray(arrays["anchor_score"], dtype=np.float64))
+
+
+NO_ANCHORS = Anchors((), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0))
+
+
+def _thighs(found: dict[str, float], z_lowest: float) -> dict[str, tuple[float, float]]:
+    """Thigh anchors: name → (z, score) on the pelvis's own scale continued downwards."""
+    if "pelvis_bottom" not in found or "femoral_head_top" not in found:
+        return {}
+    bottom, head = found["pelvis_bottom"], found["femoral_head_top"]
+    start, end = PUBLISHED_REFERENCE["pelvis_start"], PUBLISHED_REFERENCE["femur_end"]
+    per_mm = (end - start) / (head - bottom)
+    return {f"thigh_{d:g}mm": (bottom - d, start - d * per_mm)
+            for d in THIGH_OFFSETS_MM if bottom - d >= z_lowest}
+
+
+def find_anchors(volume: CTVolume) -> Anchors:
+    """The anchor landmarks ``volume`` shows (rules of the two landmark modules), and its
+    thigh anchors.
+
+    Parameters
+    ----------
+    volume : CTVolume
+        A CT in HU.
+
+    Returns
+    -------
+    Anchors
+        Feet → head, each with the index of the slice nearest to it.
+    """
+    lungs = lung_profile(volume)
+    found = lung_landmarks_from_profile(lungs, volume.z_mm)
+    found.update(bone_landmarks(volume, lungs))
+    z_axis = np.asarray(volume.z_mm, dtype=np.float64)
+    first, _ = content_extent(lungs.occupied, z_axis.size)
+    points = {n: (z, PUBLISHED_REFERENCE[ANCHOR_LANDMARKS[n]])
+              for n, z in found.items() if n in ANCHOR_LANDMARKS}
+    if first < z_axis.size:
+        points.update(_thighs(found, float(z_axis[first])))
+    names = tuple(sorted(points, key=lambda n: points[n][0]))
+    z = np.array([points[n][0] for n in names], dtype=np.float64)
+    index = np.abs(z_axis[None, :] - z[:, None]).argmin(axis=1) if names else np.zeros(0)
+    return Anchors(names, z, index.astype(np.int64),
+                   np.array([points[n][1] for n in names], dtype=np.float64))
+
+
+def anchor_targets(anchors: Anchors, scale: float, offset: float) -> npt.NDArray[np.float32]:
+    """Targets in the network's raw units: ``(target score − offset) / scale``.
+
+    ``scale`` and ``offset`` map raw output to the calibrated score (``score = scale·raw +
+    offset``); using the starting model's calibration keeps a fine-tuned model on its scale.
+    """
+    return ((anchors.score - offset) / scale).astype(np.float32)

@@ -1,0 +1,65 @@
+"""Anchors for training: image landmarks found on real CT, cached, turned into raw targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.evaluation.bone_landmarks import bone_landmarks
+from model.evaluation.lung_landmarks import lung_landmarks_from_ct
+from model.interpretation.bodypart import PUBLISHED_REFERENCE
+from model.reading.nifti import read_nifti
+from model.training.anchors import ANCHOR_LANDMARKS, Anchors, anchor_targets, find_anchors
+from model.training.dataset import entries_from_paths, load_train_volumes
+
+
+def test_pelvis_scan_anchors_on_its_bones(shared_data: Path) -> None:
+    volume = read_nifti(shared_data / "ct" / "pelvicref_003.nii.gz")
+    anchors = find_anchors(volume)
+    bones = bone_landmarks(volume)
+    assert set(bones) == {"pelvis_bottom", "femoral_head_top", "iliac_crest_top"}
+    # the scan reaches 150 mm below the pelvis bottom: three thigh anchors under it
+    assert anchors.names == ("thigh_150mm", "thigh_100mm", "thigh_50mm", "pelvis_bottom",
+                             "femoral_head_top", "iliac_crest_top")
+    assert anchors.shows_torso
+    for name, z, k, score in zip(anchors.names, anchors.z_mm, anchors.slice_index,
+                                 anchors.score, strict=True):
+        assert abs(volume.z_mm[k] - z) <= 1.5  # nearest of 3 mm slices
+        if name in bones:
+            assert z == bones[name] and score == PUBLISHED_REFERENCE[ANCHOR_LANDMARKS[name]]
+    # thighs continue the volume's own pelvis scale (0 at the bottom, 13.6 at the heads)
+    per_mm = 13.6 / (bones["femoral_head_top"] - bones["pelvis_bottom"])
+    assert anchors.score[1] == pytest.approx(-100.0 * per_mm)
+    assert np.all(np.diff(anchors.score) > 0)
+
+
+def test_chest_scan_anchors_on_its_lung_ends(shared_data: Path) -> None:
+    volume = read_nifti(shared_data / "ct" / "lidc_0003.nii.gz")
+    anchors = find_anchors(volume)
+    assert anchors.names == ("lung_bottom", "lung_top")
+    assert list(anchors.z_mm) == [lung_landmarks_from_ct(volume)[n] for n in anchors.names]
+
+
+def test_head_neck_scan_anchors_only_at_the_lung_top(shared_data: Path) -> None:
+    anchors = find_anchors(read_nifti(shared_data / "ct" / "openkbp_pt_2.nii.gz"))
+    assert anchors.names == ("lung_top",) and not anchors.shows_torso
+
+
+def test_anchors_survive_the_training_cache(shared_data: Path, tmp_path: Path) -> None:
+    entries = entries_from_paths([shared_data / "ct" / "pelvicref_003.nii.gz"])
+    fresh, = load_train_volumes(entries, tmp_path, progress=False)
+    cached, = load_train_volumes(entries, tmp_path, progress=False)
+    assert cached.anchors.names == fresh.anchors.names
+    np.testing.assert_array_equal(cached.anchors.slice_index, fresh.anchors.slice_index)
+    np.testing.assert_array_equal(cached.anchors.z_mm, fresh.anchors.z_mm)
+    np.testing.assert_array_equal(cached.anchors.score, fresh.anchors.score)
+
+
+def test_targets_are_published_scores_in_raw_units() -> None:
+    anchors = Anchors(("femoral_head_top", "lung_top"), np.array([0.0, 300.0]),
+                      np.array([0, 100]), np.array([13.6, 75.4]))
+    t = anchor_targets(anchors, scale=12.0, offset=60.0)
+    assert t.tolist() == pytest.approx([(13.6 - 60.0) / 12.0, (75.4 - 60.0) / 12.0])
+    assert set(ANCHOR_LANDMARKS.values()) <= PUBLISHED_REFERENCE.keys()
