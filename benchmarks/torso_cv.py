@@ -92,7 +92,7 @@ def measure_fold(net: SliceScoreNet, fold: int, folds: dict[str, int],
                  volumes: dict[str, TrainVolume], items: list[EvalItem],
                  anatomy: dict[str, dict[str, object]], trained_on: set[str],
                  unseen: dict[str, tuple[np.ndarray, np.ndarray]]
-                 ) -> tuple[list[HeldOutVolume], dict[str, float]]:
+                 ) -> tuple[list[HeldOutVolume], dict[str, float | None]]:
     """Held-out figures of one fold's model, calibrated on the lungs of what it trained on."""
     raw = {n: score_stack(net, v.slices).astype(np.float64) for n, v in volumes.items()}
 
@@ -111,9 +111,9 @@ def measure_fold(net: SliceScoreNet, fold: int, folds: dict[str, int],
         z, s = v.z_mm[keep], scale * raw[item.name][keep] + offset
         out.append(held_out_volume(item.name, region_group(item.body_regions), fold, z, s,
                                    lm(item.name)))
-    rho_unseen = {}
+    rho_unseen: dict[str, float | None] = {}
     for name, (slices, z) in unseen.items():
-        rho_unseen[name] = monotonicity(z, score_stack(net, slices))[0] or math.nan
+        rho_unseen[name] = monotonicity(z, score_stack(net, slices))[0]
     return out, rho_unseen
 
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     unseen = _unseen_slices()
     results: list[HeldOutVolume] = []
     per_fold: list[FoldFigures] = []
-    unseen_rho: list[dict[str, float]] = []
+    unseen_rho: list[dict[str, float | None]] = []
     t0 = time.perf_counter()
     for fold in args.fold if args.fold is not None else range(args.folds):
         train_entries = [e for e in entries if (e.name in folds and folds[e.name] != fold)
@@ -163,21 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     report = {"folds": [asdict(f) for f in per_fold], "summary": summary,
               "volumes": [asdict(v) for v in results], "unseen_dicom_rho": unseen_rho,
               "seconds": time.perf_counter() - t0}
-    (args.out / "cv.json").write_text(json.dumps(report, indent=1))
+    (args.out / "cv.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     print(_markdown(summary, results, unseen_rho))
     return 0
 
 
-def _fmt(x: tuple[float, float] | None, pct: bool = False) -> str:
+def _fmt(x: tuple[float, float | None] | None, pct: bool = False) -> str:
     if x is None:
         return "–"
     f = 100.0 if pct else 1.0
-    se = "–" if math.isnan(x[1]) else f"{f * x[1]:.{1 if pct else 2}f}"
+    se = "–" if x[1] is None else f"{f * x[1]:.{1 if pct else 2}f}"
     return f"{f * x[0]:.{1 if pct else 2}f} ± {se}{' %' if pct else ''}"
 
 
-def _markdown(summary: dict[str, tuple[float, float] | None], volumes: list[HeldOutVolume],
-              unseen_rho: list[dict[str, float]]) -> str:
+def _markdown(summary: dict[str, tuple[float, float | None] | None], volumes: list[HeldOutVolume],
+              unseen_rho: list[dict[str, float | None]]) -> str:
     lines = ["| figure (mean ± SE over folds) | value |", "| --- | ---: |"]
     for key, value in summary.items():
         pct = key.startswith(("accuracy", "monotone"))
@@ -187,7 +187,8 @@ def _markdown(summary: dict[str, tuple[float, float] | None], volumes: list[Held
     lines += ["", f"held-out torso volumes with ρ > 0.98: {monotone} of {len(rhos)}"]
     for name in UNSEEN_DICOM:
         values = [r[name] for r in unseen_rho]
-        lines.append(f"{name} ρ per fold model: " + ", ".join(f"{v:.3f}" for v in values))
+        lines.append(f"{name} ρ per fold model: "
+                     + ", ".join("–" if v is None else f"{v:.3f}" for v in values))
     lines += ["", "| volume | fold | ρ | pelvis | abdomen | chest | below/above slope |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for v in sorted(volumes, key=lambda v: (v.fold, v.name)):

@@ -134,10 +134,11 @@ def held_out_volume(name: str, group: str, fold: int, z_mm: FloatVector,
     return HeldOutVolume(name, group, fold, rho, counts, pelvic, below, above)
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float, float] | None:
+def _mean_se(values: Sequence[float]) -> tuple[float, float | None] | None:
+    """Mean and standard error (None from a single fold: strict JSON has no NaN)."""
     if not values:
         return None
-    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
     return float(np.mean(values)), se
 
 
@@ -174,9 +175,10 @@ def fold_figures(volumes: Sequence[HeldOutVolume]) -> FoldFigures:
         slope_ratio=ratio)
 
 
-def across_folds(folds: Sequence[FoldFigures]) -> dict[str, tuple[float, float] | None]:
+def across_folds(folds: Sequence[FoldFigures]
+                 ) -> dict[str, tuple[float, float | None] | None]:
     """Mean ± SE over folds of every figure (folds without the figure left out)."""
-    out: dict[str, tuple[float, float] | None] = {
+    out: dict[str, tuple[float, float | None] | None] = {
         "monotone_fraction": _mean_se([f.monotone_fraction for f in folds
                                        if f.monotone_fraction is not None]),
         "slope_ratio": _mean_se([f.slope_ratio for f in folds if f.slope_ratio is not None]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from model.evaluation.cross_validation import (
+    FoldFigures,
     across_folds,
     assign_folds,
     expected_pelvic_score,
@@ -77,3 +79,7 @@ def test_fold_figures_pool_volumes_and_folds_average() -> None:
     mean, se = summary["monotone_fraction"] or (math.nan, math.nan)
     assert mean == pytest.approx(0.75) and se == pytest.approx(0.25)
     assert summary["error_femoral_head_top"] is None
+    # a figure only one fold has: no standard error, and strict JSON (no NaN)
+    single = across_folds([fold_figures([good]), FoldFigures(n_volumes=0, monotone_fraction=None)])
+    assert single["monotone_fraction"] == (1.0, None)
+    json.dumps(single, allow_nan=False)
