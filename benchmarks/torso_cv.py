@@ -39,13 +39,11 @@ from model.evaluation.cross_validation import (
     fold_figures,
     held_out_volume,
 )
-from model.evaluation.landmarks import landmarks_for_volume, read_label_map
-from model.evaluation.lung_landmarks import lung_profile
+from model.evaluation.evaluate import item_anatomy
 from model.evaluation.manifest import EvalItem, read_manifest, region_group
 from model.evaluation.metrics import calibrate, monotonicity, reference_table
 from model.paths import shared_data_dir
 from model.reading.load import load_volumes
-from model.reading.nifti import read_nifti
 from model.scoring import preprocess
 from model.scoring.network import SliceScoreNet
 from model.training.dataset import TrainVolume, load_train_volumes, read_list
@@ -64,12 +62,9 @@ def _anatomy(items: list[EvalItem], cache: Path) -> dict[str, dict[str, object]]
             return data
     data = {}
     for item in items:
-        volume = read_nifti(item.ct_path)
-        lungs = lung_profile(volume)
-        labels, names = read_label_map(item.label_path) if item.label_path else (None, None)
-        data[item.name] = {
-            "landmarks": landmarks_for_volume(volume, labels, names, profile=lungs),
-            "occupied": np.flatnonzero(lungs.occupied).tolist()}
+        _, lungs, landmarks = item_anatomy(item)
+        data[item.name] = {"landmarks": landmarks,
+                           "occupied": np.flatnonzero(lungs.occupied).tolist()}
     cache.write_text(json.dumps(data))
     return data
 

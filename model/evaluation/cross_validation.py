@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from model.evaluation.crop_benchmark import OUT_OF_SCOPE_PREFIX
 from model.evaluation.manifest import EvalItem, region_group
 from model.evaluation.metrics import (
     CLASS_NAMES,
@@ -31,8 +32,6 @@ FloatVector = npt.NDArray[np.float64]
 
 #: Region groups (:func:`~model.evaluation.manifest.region_group`) that the folds hold.
 TORSO_GROUPS: tuple[str, ...] = ("chest", "abdomen-pelvis")
-#: Tumour-centred limb crops are out of scope (never placed), whatever their group says.
-OUT_OF_SCOPE_PREFIX = "ibsi_sts_"
 #: A held-out volume counts as monotone above this Spearman ρ (issue 12).
 MONOTONE_RHO = 0.98
 #: Image bone landmarks and their published scores: bpreg's scale inside the pelvis, used
@@ -49,7 +48,8 @@ MIN_SLOPE_EXTENT_MM = 80.0
 
 
 def torso_items(items: Iterable[EvalItem]) -> list[EvalItem]:
-    """Chest and abdomen-pelvis volumes, limb crops left out."""
+    """Chest and abdomen-pelvis volumes; the tumour-centred limb crops are out of scope
+    (never placed), whatever their group says."""
     return [i for i in items if region_group(i.body_regions) in TORSO_GROUPS
             and not i.name.startswith(OUT_OF_SCOPE_PREFIX)]
 

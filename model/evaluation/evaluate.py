@@ -33,7 +33,7 @@ from model.evaluation.landmarks import (
     landmarks_for_volume,
     read_label_map,
 )
-from model.evaluation.lung_landmarks import IMAGE_LUNG_RULE, lung_profile
+from model.evaluation.lung_landmarks import IMAGE_LUNG_RULE, LungProfile, lung_profile
 from model.evaluation.manifest import REGION_GROUP_RULE, REGION_GROUPS, EvalItem, region_group
 from model.evaluation.metrics import (
     CLASS_RULES,
@@ -98,6 +98,15 @@ class VolumeScores:
         }
 
 
+def item_anatomy(item: EvalItem) -> tuple[CTVolume, LungProfile, dict[str, float]]:
+    """The volume of ``item``, its lung profile (slices with content) and its landmarks
+    (image rules, with the label map's landmarks over them when the item has one)."""
+    volume = read_nifti(item.ct_path)
+    profile = lung_profile(volume)
+    labels, names = read_label_map(item.label_path) if item.label_path else (None, None)
+    return volume, profile, landmarks_for_volume(volume, labels, names, profile=profile)
+
+
 def score_item(model: SliceScorer, item: EvalItem) -> VolumeScores:
     """Read one volume once and return its raw scores and landmarks.
 
@@ -114,13 +123,7 @@ def score_item(model: SliceScorer, item: EvalItem) -> VolumeScores:
         Raw network output per slice (the model's own scale is not applied), landmarks
         and the slices with image content.
     """
-    volume = read_nifti(item.ct_path)
-    profile = lung_profile(volume)
-    if item.label_path is not None:
-        labels, names = read_label_map(item.label_path)
-        landmarks = landmarks_for_volume(volume, labels, names, profile=profile)
-    else:
-        landmarks = landmarks_for_volume(volume, profile=profile)
+    volume, profile, landmarks = item_anatomy(item)
     scores = model.score_volume(volume)
     return VolumeScores(
         name=item.name, split=item.split, group=region_group(item.body_regions),

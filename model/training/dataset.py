@@ -38,7 +38,6 @@ class TrainVolume:
     group: str  # used to balance sampling between collections
     weight: float = 1.0  # extra sampling factor (synthetic data is down-weighted)
     anchors: Anchors = NO_ANCHORS  # image landmarks for the anchor loss
-    retained: np.ndarray | None = None  # (n,) starting raw score to keep, NaN: free
 
     @property
     def z_spacing_mm(self) -> float:

@@ -97,7 +97,8 @@ class Batch:
     """One training step's input: B·m order slices, then the anchor slices.
 
     ``retain_target`` holds, per order slice, the starting model's raw score where that
-    slice is retained (see :attr:`TrainConfig.retain_weight`) and NaN elsewhere.
+    slice is retained (see :attr:`TrainConfig.retain_weight`) and NaN elsewhere; it is empty
+    when nothing is retained.
     """
 
     x: torch.Tensor  # (B·m + k, 1, S, S)
@@ -107,8 +108,13 @@ class Batch:
 
 
 def _gather(rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndarray,
-            cfg: TrainConfig, anchor_targets_raw: list[np.ndarray] | None = None) -> Batch:
-    """m equidistant slices of each picked volume, then the anchors of each pick."""
+            cfg: TrainConfig, anchor_targets_raw: list[np.ndarray] | None = None,
+            retained: list[np.ndarray] | None = None) -> Batch:
+    """m equidistant slices of each picked volume, then the anchors of each pick.
+
+    ``anchor_targets_raw`` and ``retained`` are per volume (index of ``volumes``): the
+    anchors' raw targets and the starting model's retained raw scores (NaN: free).
+    """
     batch, delta_h, retain = [], [], []
     for i in picks:
         v = volumes[int(i)]
@@ -119,8 +125,8 @@ def _gather(rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndar
         batch.append(v.slices[s.indices])
         # True positions, not k·spacing: exact also for gapped series.
         delta_h.append((v.z_mm[s.indices[-1]] - v.z_mm[s.indices[0]]) / (len(s.indices) - 1))
-        retain.append(v.retained[s.indices] if v.retained is not None
-                      else np.full(len(s.indices), np.nan, np.float32))
+        if retained is not None:
+            retain.append(retained[int(i)][s.indices])
     x = np.stack(batch).reshape(-1, *batch[0].shape[-2:])
     targets = np.zeros(0, np.float32)
     if anchor_targets_raw is not None:
@@ -130,7 +136,7 @@ def _gather(rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndar
     return Batch(torch.from_numpy(x.astype(np.float32))[:, None],
                  torch.tensor(delta_h, dtype=torch.float32),
                  torch.from_numpy(targets.astype(np.float32)),
-                 torch.from_numpy(np.concatenate(retain).astype(np.float32)))
+                 torch.from_numpy(np.concatenate(retain or [np.zeros(0)]).astype(np.float32)))
 
 
 def batch_loss(net: SliceScoreNet, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
@@ -181,15 +187,18 @@ def validate(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -
             "val_spearman_mean": float(np.mean(rhos))}
 
 
-def _mark_retained(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -> None:
-    """Store the starting model's raw score of every slice it places at or above
-    ``cfg.retain_above`` (NaN elsewhere) in ``TrainVolume.retained``."""
+def _retained_scores(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig
+                     ) -> list[np.ndarray]:
+    """Per volume, the starting model's raw score of every slice it places at or above
+    ``cfg.retain_above``, NaN elsewhere."""
     threshold = (cfg.retain_above - cfg.anchor_offset) / cfg.anchor_scale
+    out = []
     for v in volumes:
         raw = score_stack(net, v.slices).astype(np.float32)
-        v.retained = np.where(raw >= threshold, raw, np.nan).astype(np.float32)
-    n = sum(int(np.isfinite(v.retained).sum()) for v in volumes if v.retained is not None)
-    log.info("retaining the starting scores of %d slices", n)
+        out.append(np.where(raw >= threshold, raw, np.nan).astype(np.float32))
+    log.info("retaining the starting scores of %d slices",
+             sum(int(np.isfinite(r).sum()) for r in out))
+    return out
 
 
 @dataclass
@@ -250,10 +259,11 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SliceScoreNet(cfg.channels)
+    retained = None
     if cfg.init_weights:
         net.load_state_dict(torch.load(cfg.init_weights, weights_only=True))
         if cfg.retain_weight:
-            _mark_retained(net, train_volumes, cfg)
+            retained = _retained_scores(net, train_volumes, cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
@@ -281,7 +291,7 @@ def train(
         for _ in bar:
             picks = rng.choice(len(train_volumes), size=cfg.volumes_per_batch, p=weights)
             batch = _gather(rng, train_volumes, picks, cfg,
-                            targets if cfg.anchor_weight else None)
+                            targets if cfg.anchor_weight else None, retained)
             if cfg.augment:
                 batch.x = aug.augment(batch.x, gen, augment_cfg)
             loss = batch_loss(net, batch, cfg)

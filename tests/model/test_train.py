@@ -128,8 +128,6 @@ def test_retention_keeps_the_starting_scores_of_the_head_and_neck(
                       anchor_offset=0.0, retain_above=threshold,
                       init_weights=str(tmp_path / "start.pt"))
         tuned = train(volumes, [], cfg, tmp_path / name, progress=False)
-        for v in volumes:
-            v.retained = None  # training marked the shared fixture's volumes
         new = np.concatenate([score_stack(tuned, v.slices) for v in volumes])
         return float(np.abs(new - raw)[raw >= threshold].mean())
 
