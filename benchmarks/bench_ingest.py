@@ -1,11 +1,14 @@
 """Ingest throughput of the node beside a bare pynetdicom SCP, and completion → SR latency.
 
-Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64]``
+Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64] [--during-adaptation]``
 
 1. Instances/s with 1 and 4 concurrent DCMTK ``storescu`` senders, each sending its own copies
    of a real CT series (``../shared/data``), against (a) ``bpr serve`` — validate, fsync, index,
    track — and (b) a bare pynetdicom SCP in a subprocess that only writes each dataset to a file
    (no fsync, no index): the baseline of the same run, reported as a ratio.
+   With ``--during-adaptation`` the node is measured again while an adaptation run trains
+   beside it as the node starts one (``bpr adapt`` at niceness 19 with one torch thread, the
+   ``adaptation`` defaults of ``config.yaml``), and the ratio to the node alone is printed.
 2. Seconds from series completion (last instance acknowledged + quiet time) to the SR being
    stored and indexed (median over ``--latency-series`` series sent one by one), with the
    node's own timings of its two steps: the analysis and writing the SR.
@@ -19,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +33,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select
 
 from dicom_node.index import Index, Instance, Series
+from model.paths import shared_data_dir
 from tests.node_harness import (
     NodeProcess,
     free_port,
@@ -115,6 +120,32 @@ def _node(batches: list[list[Path]], work: Path) -> float:
     return seconds
 
 
+#: Validation volumes the background adaptation run trains on (it never finishes: it is
+#: stopped once the measurement is done).
+ADAPT_VOLUMES = ("openkbp_pt_141", "openkbp_pt_168", "openkbp_pt_187", "openkbp_pt_211",
+                 "lidc_0003", "onkodicom_rt_thorax", "pelvicref_002")
+
+
+@contextmanager
+def _adaptation_running(work: Path) -> Iterator[None]:
+    """A ``bpr adapt`` training at niceness 19 with one thread until the block ends."""
+    run_dir = work / f"adapt-{time.monotonic_ns()}"
+    inputs = [str(shared_data_dir() / "ct" / f"{n}.nii.gz") for n in ADAPT_VOLUMES]
+    process = subprocess.Popen(["nice", "-n", "19", sys.executable, "-m", "bpr", "adapt",
+                                *inputs, "--out", str(run_dir), "--steps", "1000000",
+                                "--threads", "1", "--no-validation"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (run_dir / "training").is_dir() or process.poll() is not None, 600,
+                 "the adaptation run to start training")
+        if process.poll() is not None:
+            raise RuntimeError("the adaptation run ended before training")
+        yield
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+
+
 @dataclass(frozen=True)
 class Latency:
     """Medians over the measured series, in seconds."""
@@ -171,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=2.0, help="quiet time for the latency run")
     parser.add_argument("--latency-series", type=int, default=5,
                         help="series sent one by one for the completion → SR figures")
+    parser.add_argument("--during-adaptation", action="store_true",
+                        help="also measure the node while an adaptation run trains")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -182,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(copies)} series × {args.slices} slices of {first.Rows}×{first.Columns} CT "
               f"({sum(p.stat().st_size for p in copies[0]) / 1e6:.1f} MB per series)")
         print(f"{'senders':>8} {'bare SCP inst/s':>16} {'node inst/s':>12} {'node/bare':>10}")
+        alone: dict[int, tuple[list[list[Path]], float]] = {}
         for senders in (1, 4):
             per = copies[: senders * args.series]
             batches = [[f for series in per[i::senders] for f in series] for i in range(senders)]
@@ -189,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
             bare = n / _bare(batches, work)
             node = n / _node(batches, work)
             print(f"{senders:>8} {bare:>16.1f} {node:>12.1f} {node / bare:>10.2f}")
+            alone[senders] = (batches, node)
+        if args.during_adaptation:
+            print(f"{'senders':>8} {'node inst/s':>12} {'+ adapting':>11} {'ratio':>6}")
+            for senders, (batches, node) in alone.items():
+                n = sum(len(b) for b in batches)
+                with _adaptation_running(work):
+                    busy = n / _node(batches, work)
+                print(f"{senders:>8} {node:>12.1f} {busy:>11.1f} {busy / node:>6.2f}")
         extra = [real_ct_series(work / "latency-in" / str(i), "openkbp_pt_15", pixel_step=1,
                                 slices=slice(0, args.slices))
                  for i in range(args.latency_series + 1)]

@@ -25,8 +25,11 @@ One module per concern; each rule of the node has one owner:
 - :mod:`dicom_node.query_sql` — the SELECTs that answer C-FIND, C-MOVE and C-GET;
 - :mod:`dicom_node.query` — the C-FIND, C-MOVE and C-GET handlers;
 - :mod:`dicom_node.security` — peer permissions and TLS;
+- :mod:`dicom_node.model_versions` — the base model, adapted candidates and the active one;
+- :mod:`dicom_node.adaptation` — adaptation runs on the node's series and their schedule;
 - :mod:`dicom_node.server` — wires them into the running node;
-- :mod:`dicom_node.cli` — ``bpr serve``, ``bpr index`` and ``bpr reprocess``.
+- :mod:`dicom_node.cli` — ``bpr serve``, ``bpr index`` and ``bpr reprocess``;
+- :mod:`dicom_node.adapt_cli` — ``bpr adapt`` and ``bpr models``.
 
 The model is reached through :mod:`model.api` only.
 """

@@ -25,6 +25,7 @@ from dicom_node.forwarding import enqueue_forwards
 from dicom_node.headers import read_header
 from dicom_node.index import Index, Region, Series, SeriesState
 from dicom_node.ingest import ingest
+from dicom_node.model_versions import active_weights
 from dicom_node.series_state import analysis_finished, claim
 from dicom_node.sr import build_sr
 from dicom_node.storage import FileStore
@@ -49,8 +50,9 @@ class AnalysisWorker:
         (None when no SR was written) after each analysis; the node uses it to forward, and
         to reschedule series that received instances meanwhile (state RECEIVING).
     model : Model, optional
-        An already loaded model (:func:`model.api.load_model`); default: loaded on the first
-        analysis from ``series.model_weights``.
+        A loaded model (:func:`model.api.load_model`) used for every analysis; default: the
+        active model of the index (:mod:`dicom_node.model_versions`), loaded on the first
+        analysis and again whenever another version becomes active.
     """
 
     def __init__(self, index: Index, store: FileStore, config: NodeConfig,
@@ -65,14 +67,21 @@ class AnalysisWorker:
         self._active: set[int] = set()
         self._lock = threading.Lock()
         self._model = model
+        self._pinned = model is not None
+        self._model_version: str | None = None
         self._model_lock = threading.Lock()
 
     def model(self) -> Model:
-        """The model, loaded once (first analysis) and shared by the worker threads."""
+        """The active model, shared by the worker threads; reloaded when the index names
+        another active version (an adaptation run or ``bpr models`` changed it)."""
         with self._model_lock:
-            if self._model is None:
-                self._model = load_model(self.config.series.model_weights,
-                                         threads=self.config.series.torch_threads)
+            if self._pinned and self._model is not None:
+                return self._model
+            version, weights = active_weights(self.index, self.store, self.config)
+            if self._model is None or version != self._model_version:
+                log.info("loading model %s", version)
+                self._model = load_model(weights, threads=self.config.series.torch_threads)
+                self._model_version = version
             return self._model
 
     def submit(self, series_pk: int) -> None:

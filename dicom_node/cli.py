@@ -2,28 +2,34 @@
 
 ``bpr serve`` runs the node until SIGINT/SIGTERM. ``bpr index`` prints what the node holds and
 found (table, JSON or CSV). ``bpr reprocess`` analyzes series again, in this process, whether
-or not the node runs (the index claims each series, so a series is never analyzed twice at once).
+or not the node runs (the index claims each series, so a series is never analyzed twice at once);
+``--since`` picks the series an older model version analyzed. The adaptation commands live in
+:mod:`dicom_node.adapt_cli`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import json
 import logging
 import signal
 import sys
 import threading
+from datetime import UTC
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from dicom_node.analysis_worker import AnalysisWorker
 from dicom_node.config import ConfigError, NodeConfig, load_config
 from dicom_node.index import Index, Series, SeriesState, Study
+from dicom_node.model_versions import active_row, record_base
 from dicom_node.series_state import reprocess_requested
 from dicom_node.storage import FileStore
 
@@ -38,9 +44,14 @@ def _config_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> NodeConfig:
-    if not args.config.is_file():
-        raise ConfigError(f"{args.config} not found (copy config.yaml from the repository)")
-    config = load_config(args.config)
+    return load_node_config(args.config)
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and validate the node configuration and set the log levels it asks for."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found (copy config.yaml from the repository)")
+    config = load_config(path)
     logging.getLogger().setLevel(config.logging.level.upper())
     # highdicom logs full SOP Instance UIDs at INFO; our logs keep identifiers out.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
@@ -58,7 +69,7 @@ def add_serve(sub: SubParsers[argparse.ArgumentParser]) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from dicom_node.server import Node
 
-    node = Node(_load(args))
+    node = Node(_load(args), config_path=args.config.resolve())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -154,6 +165,8 @@ def add_reprocess(sub: SubParsers[argparse.ArgumentParser]) -> None:
     _config_argument(p)
     p.add_argument("series", nargs="*", help="SeriesInstanceUIDs")
     p.add_argument("--failed", action="store_true", help="all FAILED series")
+    p.add_argument("--since", help="series received since this date (YYYYMMDD) that another "
+                                   "model version than the active one analyzed")
     p.set_defaults(func=_reprocess)
 
 
@@ -161,6 +174,7 @@ def _reprocess(args: argparse.Namespace) -> int:
     config = _load(args)
     index = Index(config.database.url)
     store = FileStore(config.storage.root, config.storage.min_free_bytes)
+    record_base(index, config)
     with index.session() as session:
         query = select(Series.id, Series.series_instance_uid).where(
             Series.is_derived.is_(False), Series.state != SeriesState.PROCESSING)
@@ -168,8 +182,10 @@ def _reprocess(args: argparse.Namespace) -> int:
             query = query.where(Series.state == SeriesState.FAILED)
         elif args.series:
             query = query.where(Series.series_instance_uid.in_(args.series))
+        elif args.since:
+            query = query.where(*_outdated(session, args.since))
         else:
-            print("name series or pass --failed", file=sys.stderr)
+            print("name series or pass --failed or --since", file=sys.stderr)
             return 2
         targets = [(pk, uid) for pk, uid in session.execute(query)
                    if reprocess_requested(session, pk)]
@@ -184,6 +200,19 @@ def _reprocess(args: argparse.Namespace) -> int:
         failures += final is not SeriesState.DONE
     worker.shutdown()
     return 1 if failures or missing else 0
+
+
+def _outdated(session: Session, since: str) -> list[ColumnElement[bool]]:
+    """Conditions: analyzed by another version than the active one, received since ``since``."""
+    try:
+        start = dt.datetime.strptime(since, "%Y%m%d").replace(tzinfo=UTC).timestamp()
+    except ValueError as exc:
+        raise ConfigError(f"--since {since!r}: expected YYYYMMDD") from exc
+    active = active_row(session)
+    version = active.version if active else ""
+    return [Series.first_received_at >= start,
+            Series.state.in_((SeriesState.DONE, SeriesState.FAILED)),
+            or_(Series.model_version.is_(None), Series.model_version != version)]
 
 
 #: The node's sub-commands, registered on the ``bpr`` parser by :mod:`bpr.cli`.

@@ -168,6 +168,41 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class AdaptationConfig:
+    """Self-supervised fine-tuning on the series the node analyzed (``bpr adapt``).
+
+    A run starts on ``schedule`` when at least ``min_new_series`` series were analyzed since
+    the last run; it runs ``bpr adapt --config`` as a separate process at low priority and
+    under a memory cap, so receiving and analysis keep their speed, and activates the
+    candidate only when no guard metric got worse (``bpr models`` lists and rolls back).
+    """
+
+    #: Run adaptation on the schedule (off: only ``bpr adapt`` by hand).
+    enabled: bool = False
+    #: When to check for a run: a crontab line (minute hour day month weekday), node-local UTC.
+    schedule: str = "0 2 * * 6"
+    #: Series analyzed since the last run needed before the next one starts.
+    min_new_series: int = 50
+    #: At most this many series (newest first) are read per run.
+    max_series: int = 500
+    #: Optimizer steps of one run (~1.6 s each on two cores).
+    steps: int = 400
+    #: CPU threads of the run's torch.
+    threads: int = 1
+    #: Share of the patients held out to judge the candidate.
+    holdout_fraction: float = 0.25
+    #: Fewer qualifying patients end the run without a candidate.
+    min_patients: int = 8
+    #: Niceness of the run's process (0-19; 19: runs only when nothing else wants the CPU).
+    nice: int = 19
+    #: Address-space cap of the run's process in MiB (0: none); it fails cleanly beyond it.
+    memory_limit_mb: int = 6144
+    #: Also compare the validation LMSE on ``../shared/data`` when that folder exists
+    #: (development machines; a site has no such data and relies on the guard metrics).
+    validate_on_shared_data: bool = True
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Logs never hold patient names, IDs or other PHI; UIDs are shortened."""
 
@@ -187,6 +222,7 @@ class NodeConfig:
     forwarding: ForwardingConfig = field(default_factory=ForwardingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     #: Remote AEs: senders, query clients, move destinations and forwarding targets.
     peers: tuple[PeerConfig, ...] = ()
 
@@ -292,6 +328,27 @@ def _resolve_paths(config: NodeConfig, base: Path) -> NodeConfig:
         security=dataclasses.replace(config.security, tls=tls))
 
 
+def _adaptation_problems(adaptation: AdaptationConfig) -> list[str]:
+    from apscheduler.triggers.cron import CronTrigger
+
+    problems = []
+    try:
+        CronTrigger.from_crontab(adaptation.schedule)
+    except ValueError as exc:
+        problems.append(f"adaptation.schedule: {adaptation.schedule!r} is not a crontab line "
+                        f"({exc})")
+    for name in ("min_new_series", "max_series", "steps", "threads", "min_patients"):
+        if getattr(adaptation, name) < 1:
+            problems.append(f"adaptation.{name} must be at least 1")
+    if not 0 < adaptation.holdout_fraction < 1:
+        problems.append("adaptation.holdout_fraction must lie between 0 and 1")
+    if not 0 <= adaptation.nice <= 19:
+        problems.append("adaptation.nice must lie in 0-19")
+    if adaptation.memory_limit_mb < 0:
+        problems.append("adaptation.memory_limit_mb must be 0 or positive")
+    return problems
+
+
 def _validate(config: NodeConfig) -> NodeConfig:
     problems: list[str] = []
     net = config.network
@@ -347,6 +404,7 @@ def _validate(config: NodeConfig) -> NodeConfig:
         if tls.require_client_certificate and (
                 tls.ca_certificates is None or not tls.ca_certificates.is_file()):
             problems.append("security.tls.ca_certificates: required to check client certificates")
+    problems += _adaptation_problems(config.adaptation)
     if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"logging.level: {config.logging.level!r} is not a log level")
     if problems:

@@ -1,12 +1,14 @@
 """The sidecar index: SQLAlchemy models of what the node holds and what it found.
 
-Four tables, one row per thing a user asks about:
+Five tables, one row per thing a user asks about:
 
 - :class:`Study` — patient and study attributes (the C-FIND patient and study levels);
 - :class:`Series` — series attributes, the original and corrected BodyPartExamined, the
   analysis job state and its results (:class:`Region` rows hold the slice ranges);
 - :class:`Instance` — one stored file: its SOP UIDs and its server-chosen relative path;
-- :class:`ForwardJob` — one SR to send to one peer, with its retry state.
+- :class:`ForwardJob` — one SR to send to one peer, with its retry state;
+- :class:`ModelVersion` — one model the node has used or made (``bpr adapt``), with its guard
+  metrics and whether it is the active one.
 
 Times are UTC seconds since the epoch (floats), so that ordering and arithmetic work the same on
 SQLite and PostgreSQL. The database URL comes from ``database.url``; the SQLite default uses
@@ -194,6 +196,30 @@ class ForwardJob(Base):
     done_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     instance: Mapped[Instance] = relationship()
+
+
+class ModelVersion(Base):
+    """One model: the configured base model, or a candidate an adaptation run made."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The model it was fine-tuned from (None for the base model).
+    parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    #: Weights relative to ``storage.root`` (None: the configured ``series.model_weights``
+    #: or the shipped model).
+    weights_path: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: Series and patients the run fine-tuned and judged on.
+    n_series: Mapped[int] = mapped_column(Integer, default=0)
+    n_patients: Mapped[int] = mapped_column(Integer, default=0)
+    #: Guard metrics and validation of the run (strict JSON), None for the base model.
+    guard_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    #: Exactly one row is active once the node has recorded its base model.
+    active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
 def make_engine(url: str) -> Engine:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import UTC
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.adaptation import AdaptationSchedule
 from dicom_node.analysis_worker import AnalysisWorker
 from dicom_node.application_entity import build_ae, listen
-from dicom_node.config import NodeConfig
+from dicom_node.config import ConfigError, NodeConfig
 from dicom_node.forwarding import Forwarder
 from dicom_node.index import Index, Series, SeriesState
 from dicom_node.query import QueryRetrieveService
@@ -36,9 +38,14 @@ class Node:
     ----------
     config : NodeConfig
         Validated configuration (:func:`dicom_node.config.load_config`).
+    config_path : Path, optional
+        The file it came from; scheduled adaptation runs read it (``adaptation.enabled``
+        needs it).
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, config_path: Path | None = None) -> None:
+        if config.adaptation.enabled and config_path is None:
+            raise ConfigError("adaptation.enabled needs the configuration file's path")
         self.config = config
         self.index = Index(config.database.url)
         self.store = FileStore(config.storage.root, config.storage.min_free_bytes)
@@ -51,6 +58,8 @@ class Node:
         self.store_service = StoreService(self.index, self.store, config,
                                           on_stored=self.tracker.on_stored)
         self.query_service = QueryRetrieveService(self.index, self.store, config)
+        self.adaptation = (AdaptationSchedule(self.index, self.store, config, config_path)
+                           if config_path is not None else None)
         self.ae = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
 
@@ -65,6 +74,8 @@ class Node:
         recover_storage(self.index, self.store, self.config)
         self.scheduler.start()
         self.forwarder.start(self.scheduler)
+        if self.adaptation is not None:
+            self.adaptation.start(self.scheduler)
         counts = recover_series(self.index, self.tracker)
         log.info("recovered series: %s", counts)
         self._server = listen(self.ae, self.config, [*self.store_service.handlers(),
@@ -79,6 +90,8 @@ class Node:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self.adaptation is not None:
+            self.adaptation.stop()
         self.worker.shutdown(wait=True)
         self.forwarder.stop()
         if self.scheduler.running:

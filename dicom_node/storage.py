@@ -77,7 +77,7 @@ class FileStore:
             finally:
                 os.close(fd)
             os.replace(partial, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             partial.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -144,7 +144,8 @@ def _numbered_folders(folder: Path, digits: int) -> list[Path]:
                 and len(e.name) == digits and e.name.isdigit()]
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

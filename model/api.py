@@ -12,10 +12,12 @@ The node imports nothing else from :mod:`model`, and needs no torch of its own:
   :func:`unclosed_items` are the rules for hostile files, which the node's ingest shares
   with the model's reader;
 * :func:`private_coding_scheme` names the coding scheme of the model's own concepts, which
-  the node's report declares.
+  the node's report declares;
+* :func:`adapt_model` fine-tunes the model on stored series (:class:`AdaptSeries`) and
+  judges the candidate (:mod:`model.adaptation`); the node runs it in a separate process.
 
 Importing this module loads the reading, scoring and interpretation wings only, never the
-training or evaluation code.
+training or evaluation code (:func:`adapt_model` imports them when called).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 from pydicom.dataset import Dataset
 
+from model.adaptation.records import AdaptError, AdaptReport, AdaptSeries, AdaptSettings
 from model.interpretation.analysis import AnalysisSettings, analyze
 from model.interpretation.records import (
     Coded,
@@ -40,12 +43,30 @@ from model.interpretation.records import (
 from model.reading.dicom import read_dicom_series
 from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence, unclosed_items
 from model.reading.volume import CTInputError
-from model.scoring.inference import BodyPartRegressor
+from model.scoring.inference import BodyPartRegressor, ModelMeta
 
 __all__ = [
-    "DECODE_ERRORS", "READ_ERRORS", "CTInputError", "Coded", "FlagRecord", "FlagState", "Model",
-    "RegionRecord", "SeriesAnalysis", "VolumeRecord", "analyze_series", "disguised_sequence",
-    "load_model", "private_coding_scheme", "unclosed_items",
+    "DECODE_ERRORS",
+    "READ_ERRORS",
+    "AdaptError",
+    "AdaptReport",
+    "AdaptSeries",
+    "AdaptSettings",
+    "CTInputError",
+    "Coded",
+    "FlagRecord",
+    "FlagState",
+    "Model",
+    "RegionRecord",
+    "SeriesAnalysis",
+    "VolumeRecord",
+    "adapt_model",
+    "analyze_series",
+    "disguised_sequence",
+    "load_model",
+    "private_coding_scheme",
+    "unclosed_items",
+    "weights_version",
 ]
 
 #: The loaded model, opaque to the node: made by :func:`load_model`, passed back to
@@ -102,6 +123,20 @@ def load_model(weights: Path | None = None, threads: int = 0) -> Model:
     return BodyPartRegressor.load(weights) if weights else BodyPartRegressor.load()
 
 
+def weights_version(weights: Path | None = None) -> str:
+    """The version of a model from its JSON, without loading the weights.
+
+    Raises
+    ------
+    OSError, ValueError, TypeError
+        If the JSON beside ``weights`` is missing or malformed.
+    """
+    from model.paths import DEFAULT_META
+
+    meta = DEFAULT_META if weights is None else weights.with_suffix(".json")
+    return ModelMeta.read(meta).version
+
+
 def analyze_series(paths: Sequence[Path], model: Model | None = None,
                    settings: AnalysisSettings | None = None) -> SeriesAnalysis:
     """Read DICOM files of one series and analyze every CT volume they hold.
@@ -142,3 +177,22 @@ def _summarize_errors(errors: Sequence[str]) -> str:
     quoted = "; ".join(errors[:ERRORS_QUOTED])
     rest = len(errors) - ERRORS_QUOTED
     return f"{quoted}; and {rest} more" if rest > 0 else quoted
+
+
+def adapt_model(series: Sequence[AdaptSeries], out_dir: Path, *,
+                base_weights: Path | None = None, settings: AdaptSettings | None = None,
+                progress: bool = False) -> AdaptReport:
+    """Fine-tune the active model on ``series`` and judge the candidate (``bpr adapt``).
+
+    See :func:`model.adaptation.run.adapt`: the candidate's weights, JSON and ``report.json``
+    are written to ``out_dir``; the report says whether it may be promoted and why.
+
+    Raises
+    ------
+    AdaptError
+        When too few patients have a qualifying series (a ``ValueError``).
+    """
+    from model.adaptation.run import adapt
+
+    return adapt(series, out_dir, base_weights=base_weights, settings=settings,
+                 progress=progress)

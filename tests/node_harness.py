@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import func, select
 
+from dicom_node.index import Index, Series, SeriesState
 from model.paths import shared_data_dir
 from model.reading.load import load_volumes
 from tests.dicom_factory import shrink, write_ct_series
@@ -138,3 +140,33 @@ def real_ct_series(folder: Path, manifest_id: str = "openkbp_pt_15", *, pixel_st
     return write_ct_series(shrink(volume, slices=slices, pixel_step=pixel_step), folder,
                            **kwargs)
 
+
+
+def analyzed_count(index: Index) -> int:
+    """Received series the node has analyzed (state DONE)."""
+    with index.session() as session:
+        return int(session.scalar(select(func.count(Series.id)).where(
+            Series.is_derived.is_(False), Series.state == SeriesState.DONE)) or 0)
+
+
+def simulated_site(folder: Path, manifest_ids: Sequence[str], *,
+                   adaptation: dict[str, Any], timeout: float = 900) -> Path:
+    """A node in ``folder`` that received the volumes ``manifest_ids`` (one patient each) from
+    DCMTK ``storescu`` and analyzed them; returns its configuration file (node stopped),
+    whose ``adaptation`` section holds ``adaptation``."""
+    port = free_port()
+    config_path = write_config(folder, port, adaptation=adaptation)
+    files = [f for i, name in enumerate(manifest_ids)
+             for f in real_ct_series(folder / "dicom" / name, name, pixel_step=1,
+                                     patient_id=f"SITE-{i}")]
+    index = Index(f"sqlite:///{folder / 'index.sqlite'}")
+    try:
+        with running_node(config_path, port):
+            sent = storescu(port, files, timeout=timeout)
+            if sent.returncode != 0:
+                raise RuntimeError(f"storescu failed: {sent.stderr[-2000:]}")
+            wait_for(lambda: analyzed_count(index) == len(manifest_ids), timeout,
+                     "all series analyzed")
+    finally:
+        index.close()
+    return config_path

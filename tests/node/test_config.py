@@ -24,7 +24,7 @@ def test_shipped_config_is_valid_and_paths_are_relative_to_it() -> None:
 def test_every_documented_section_is_in_the_shipped_file() -> None:
     text = (REPO / "config.yaml").read_text()
     for section in ("network:", "storage:", "database:", "series:", "sr:", "forwarding:",
-                    "security:", "tls:", "logging:", "peers:"):
+                    "security:", "tls:", "adaptation:", "logging:", "peers:"):
         assert section in text
 
 
@@ -44,6 +44,12 @@ def test_every_documented_section_is_in_the_shipped_file() -> None:
     ({"peers": []}, "none listed"),
     ({"logging": {"level": "LOUD"}}, "not a log level"),
     ({"sr": {"enabled": "yes"}}, "expected true or false"),
+    ({"adaptation": {"schedule": "every sunday"}}, "adaptation.schedule: .* not a crontab"),
+    ({"adaptation": {"schedule": "0 25 * * *"}}, "adaptation.schedule"),
+    ({"adaptation": {"holdout_fraction": 1.0}}, "holdout_fraction"),
+    ({"adaptation": {"steps": 0}}, "adaptation.steps"),
+    ({"adaptation": {"nice": 20}}, "adaptation.nice"),
+    ({"adaptation": {"memory_limit_mb": -1}}, "memory_limit_mb"),
 ])
 def test_invalid_options_are_named(tmp_path: Path, raw: dict[str, Any], message: str) -> None:
     raw = {"peers": PEERS, **raw}
@@ -56,3 +62,14 @@ def test_unreadable_yaml_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("network: [unclosed")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(path)
+
+
+def test_adaptation_is_off_by_default_and_needs_the_config_path_when_on(tmp_path: Path) -> None:
+    from dicom_node.server import Node
+
+    assert not load_config(REPO / "config.yaml").adaptation.enabled
+    config = config_from_dict({"peers": PEERS, "storage": {"root": "s"},
+                               "database": {"url": "sqlite:///i.sqlite"},
+                               "adaptation": {"enabled": True}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"adaptation\.enabled needs"):
+        Node(config)

@@ -1,0 +1,164 @@
+"""The adaptation commands of ``bpr``: ``adapt`` and ``models``.
+
+``bpr adapt`` fine-tunes the active model on the node's analyzed series (``--config``, the
+default) or on CT given as inputs (NIfTI files, DICOM files or folders, one series each), and
+judges the candidate on a patient hold-out (:mod:`dicom_node.adaptation`). ``bpr models``
+lists the model versions of the index, activates one or rolls back to the parent of the
+active one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from datetime import UTC
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+
+from dicom_node.adaptation import limit_this_process, run_adaptation
+from dicom_node.cli import SubParsers, load_node_config
+from dicom_node.config import ConfigError
+from dicom_node.index import Index, ModelVersion
+from dicom_node.model_versions import ModelVersionError, activate, record_base, rollback
+from dicom_node.storage import FileStore
+from model.api import AdaptError, AdaptReport, AdaptSeries, AdaptSettings, adapt_model
+
+
+def add_adapt(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("adapt", help="fine-tune the model on stored or given CT (guarded)")
+    p.add_argument("inputs", nargs="*", type=Path,
+                   help="NIfTI files, DICOM files or folders, one series each; none: the "
+                        "node's analyzed series (--config)")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="node configuration (default: ./config.yaml); used without inputs")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (required with inputs; default under storage.root/models)")
+    p.add_argument("--base", type=Path, default=None,
+                   help="with inputs: weights to start from (default: the shipped model)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-validation", action="store_true",
+                   help="with inputs: skip the validation LMSE on ../shared/data")
+    p.set_defaults(func=_adapt)
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    try:
+        report = _adapt_inputs(args) if args.inputs else _adapt_node(args)
+    except AdaptError as exc:
+        print(f"bpr adapt: {exc}", file=sys.stderr)
+        return 2
+    print(f"candidate {report.version} (from {report.parent_version}) on {report.n_series} "
+          f"series of {report.n_patients} patients: "
+          f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
+    print(f"report: {report.run_dir / 'report.json'}")
+    return 0
+
+
+def _adapt_node(args: argparse.Namespace) -> AdaptReport:
+    config = load_node_config(args.config)
+    applied = limit_this_process(config.adaptation)
+    print(f"bpr adapt: {applied}", flush=True)
+    index = Index(config.database.url)
+    store = FileStore(config.storage.root, config.storage.min_free_bytes)
+    try:
+        return run_adaptation(index, store, config, out_dir=args.out, steps=args.steps,
+                              threads=args.threads)
+    finally:
+        index.close()
+
+
+def _adapt_inputs(args: argparse.Namespace) -> AdaptReport:
+    if args.out is None:
+        raise ConfigError("bpr adapt with inputs needs --out RUN")
+    defaults = AdaptSettings()
+    settings = AdaptSettings(steps=args.steps or defaults.steps,
+                             threads=args.threads or defaults.threads,
+                             validate_on_shared_data=not args.no_validation)
+    return adapt_model([_input_series(p) for p in args.inputs], args.out,
+                       base_weights=args.base, settings=settings, progress=sys.stderr.isatty())
+
+
+def _input_series(path: Path) -> AdaptSeries:
+    """One input as one series; its patient is the DICOM PatientID, else the input itself."""
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    patient = str(path)
+    for f in files[:1]:
+        try:
+            header = dcmread(f, stop_before_pixels=True, specific_tags=["PatientID"])
+        except (InvalidDicomError, OSError, ValueError):
+            break
+        patient = str(header.get("PatientID", "")) or patient
+    return AdaptSeries(key=str(path), patient=patient, paths=(path,))
+
+
+def add_models(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="list, activate or roll back model versions")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="node configuration (default: ./config.yaml)")
+    p.add_argument("action", nargs="?", choices=("list", "activate", "rollback"),
+                   default="list")
+    p.add_argument("version", nargs="?", help="with activate: the version")
+    p.add_argument("--force", action="store_true",
+                   help="with activate: also a candidate that was not promoted")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    index = Index(config.database.url)
+    record_base(index, config)
+    try:
+        with index.session() as session:
+            if args.action == "activate":
+                if not args.version:
+                    print("bpr models activate: name a version", file=sys.stderr)
+                    return 2
+                print(f"active: {activate(session, args.version, force=args.force).version}")
+            elif args.action == "rollback":
+                print(f"active: {rollback(session).version}")
+            else:
+                rows = [_row(m) for m in session.scalars(select(ModelVersion)
+                                                         .order_by(ModelVersion.created_at))]
+                _print_models(rows, args.format)
+    except ModelVersionError as exc:
+        print(f"bpr models: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        index.close()
+    return 0
+
+
+def _row(m: ModelVersion) -> dict[str, object]:
+    return {"version": m.version, "parent": m.parent_version,
+            "created": dt.datetime.fromtimestamp(m.created_at, UTC).strftime(
+                "%Y-%m-%d %H:%M"),
+            "series": m.n_series, "patients": m.n_patients, "promoted": m.promoted,
+            "active": m.active, "reason": m.reason,
+            "guards": json.loads(m.guard_json) if m.guard_json else None}
+
+
+
+def _print_models(rows: list[dict[str, object]], fmt: str) -> None:
+    if fmt == "json":
+        json.dump(rows, sys.stdout, indent=1, allow_nan=False)
+        print()
+        return
+    columns = ("active", "version", "parent", "created", "series", "patients", "promoted",
+               "reason")
+    cells = [[("*" if c == "active" and r[c] else "" if c == "active" or r[c] is None
+               else str(r[c])) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+#: The adaptation commands, registered on the ``bpr`` parser by :mod:`bpr.cli`.
+ADAPT_COMMANDS = (add_adapt, add_models)
