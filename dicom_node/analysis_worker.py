@@ -49,6 +49,9 @@ class AnalysisWorker:
         Called with the series primary key, its new state and the SR instance primary key
         (None when no SR was written) after each analysis; the node uses it to forward, and
         to reschedule series that received instances meanwhile (state RECEIVING).
+    owner : str, optional
+        The id of this process (:class:`dicom_node.cluster.Membership`), recorded with each
+        claim so that other processes take over only the series of a process that is gone.
     model : Model, optional
         A loaded model (:func:`model.api.load_model`) used for every analysis; default: the
         active model of the index (:mod:`dicom_node.model_versions`), loaded on the first
@@ -57,8 +60,9 @@ class AnalysisWorker:
 
     def __init__(self, index: Index, store: FileStore, config: NodeConfig,
                  on_finished: Callable[[int, SeriesState, int | None], None] | None = None,
-                 model: Model | None = None) -> None:
+                 model: Model | None = None, owner: str | None = None) -> None:
         self.index = index
+        self.owner = owner
         self.store = store
         self.config = config
         self.on_finished = on_finished
@@ -108,12 +112,13 @@ class AnalysisWorker:
             with self._lock:
                 self._active.discard(series_pk)
 
-    def run(self, series_pk: int) -> SeriesState | None:
-        """Analyze one QUEUED series now, in this thread; returns its final state."""
+    def run(self, series_pk: int, *, claimed: bool = False) -> SeriesState | None:
+        """Analyze one QUEUED series now, in this thread; returns its final state (None when
+        another worker has it). ``claimed``: this process already holds it PROCESSING."""
         with self.index.session() as session:
             # A conditional UPDATE claims the series: two workers (or a worker and
             # `bpr reprocess` in another process) can never both analyze it.
-            if not claim(session, series_pk):
+            if not claimed and not claim(session, series_pk, self.owner):
                 return None
             series = session.get_one(Series, series_pk)
             series.wait_seconds = max(0.0, time.time() - series.last_received_at

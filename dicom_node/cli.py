@@ -27,10 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node.analysis_worker import AnalysisWorker
+from dicom_node.cluster import Membership
 from dicom_node.config import ConfigError, NodeConfig, load_config
 from dicom_node.index import Index, Series, SeriesState, Study
 from dicom_node.model_versions import active_row, record_base
-from dicom_node.series_state import reprocess_requested
+from dicom_node.series_state import claim, reprocess_requested
 from dicom_node.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,16 @@ def load_node_config(path: Path) -> NodeConfig:
 def add_serve(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the DICOM node")
     _config_argument(p)
+    p.add_argument("--role", choices=("all", "receiver", "worker"), default="all",
+                   help="all: receive and analyze (default); receiver: receive and queue; "
+                        "worker: analyze what receivers queued (no DICOM port)")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from dicom_node.server import Node
 
-    node = Node(_load(args), config_path=args.config.resolve())
+    node = Node(_load(args), config_path=args.config.resolve(), role=args.role)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -79,7 +83,10 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
-    print(f"bpr node listening on {node.config.network.host}:{node.port}", flush=True)
+    if args.role == "worker":
+        print(f"bpr analysis worker {node.membership.id} started", flush=True)
+    else:
+        print(f"bpr node listening on {node.config.network.host}:{node.port}", flush=True)
     stop.wait()
     node.stop()
     return 0
@@ -175,6 +182,16 @@ def _reprocess(args: argparse.Namespace) -> int:
     index = Index(config.database.url)
     store = FileStore(config.storage.root, config.storage.min_free_bytes)
     record_base(index, config)
+    membership = Membership(index, "reprocess")
+    membership.join()
+    try:
+        return _reprocess_as(membership, args, config, index, store)
+    finally:
+        membership.leave()
+
+
+def _reprocess_as(membership: Membership, args: argparse.Namespace, config: NodeConfig,
+                  index: Index, store: FileStore) -> int:
     with index.session() as session:
         query = select(Series.id, Series.series_instance_uid).where(
             Series.is_derived.is_(False), Series.state != SeriesState.PROCESSING)
@@ -187,18 +204,21 @@ def _reprocess(args: argparse.Namespace) -> int:
         else:
             print("name series or pass --failed or --since", file=sys.stderr)
             return 2
+        # queued and claimed in one transaction: a node's sweep never sees them QUEUED
         targets = [(pk, uid) for pk, uid in session.execute(query)
-                   if reprocess_requested(session, pk)]
+                   if reprocess_requested(session, pk) and claim(session, pk, membership.id)]
     missing = set(args.series) - {uid for _pk, uid in targets}
     for uid in sorted(missing):
         print(f"not found (or being analyzed): {uid}", file=sys.stderr)
-    worker = AnalysisWorker(index, store, config)
+    worker = AnalysisWorker(index, store, config, owner=membership.id)
     failures = 0
-    for pk, uid in targets:
-        final = worker.run(pk)
-        print(f"{uid}: {final.value if final else 'skipped'}")
-        failures += final is not SeriesState.DONE
-    worker.shutdown()
+    try:
+        for pk, uid in targets:
+            final = worker.run(pk, claimed=True)
+            print(f"{uid}: {final.value if final else 'skipped'}")
+            failures += final is not SeriesState.DONE
+    finally:
+        worker.shutdown()
     return 1 if failures or missing else 0
 
 

@@ -92,6 +92,9 @@ class SeriesConfig:
     model_weights: Path | None = None
     #: Modalities that are analyzed; other series are stored and indexed with the reason.
     analyzed_modalities: tuple[str, ...] = ("CT",)
+    #: Seconds between sweeps of the index by an analyzing process: series other processes
+    #: queued, series of a process that died, series whose receiving process only receives.
+    sweep_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -369,6 +372,8 @@ def _validate(config: NodeConfig) -> NodeConfig:
         problems.append("series.quiet_seconds must be 0 or positive")
     if config.series.workers < 1:
         problems.append("series.workers must be at least 1")
+    if config.series.sweep_seconds <= 0:
+        problems.append("series.sweep_seconds must be positive")
     if config.series.torch_threads < 0:
         problems.append("series.torch_threads must be 0 or positive")
     weights = config.series.model_weights

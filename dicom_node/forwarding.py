@@ -31,7 +31,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.application_entity import build_ae
@@ -50,6 +50,10 @@ SCHEDULER_JOB_ID: Final = "forward-queue"
 #: Most jobs one run reads; the rest wait for the next poll, so a long backlog never keeps
 #: the lock (and the memory for its records) for an unbounded time.
 MAX_JOBS_PER_RUN: Final = 1000
+#: A job taken for sending is not due for other processes for this long (seconds; longer
+#: than any association's timeouts). A process that dies mid-send leaves it due after it:
+#: the SR is then sent again, and its fixed UIDs make the peer keep one copy.
+SEND_LEASE_SECONDS: Final = 600.0
 
 
 def backoff_delay(attempts: int, config: ForwardingConfig) -> float:
@@ -230,17 +234,30 @@ class Forwarder:
             return len(jobs)
 
     def _due(self, now: float) -> list[DueJob]:
+        """The due jobs this process leased: each is moved :data:`SEND_LEASE_SECONDS` into the
+        future by a conditional UPDATE, so a node process sharing the index never sends it at
+        the same time; a process that dies mid-send leaves it due again after the lease."""
         with self._index.session() as session:
             rows = session.execute(
-                select(ForwardJob.id, ForwardJob.destination, Instance.path,
-                       Instance.sop_class_uid, Instance.sop_instance_uid,
+                select(ForwardJob.next_attempt_at, ForwardJob.id, ForwardJob.destination,
+                       Instance.path, Instance.sop_class_uid, Instance.sop_instance_uid,
                        Instance.transfer_syntax_uid)
                 .join(Instance, ForwardJob.instance_pk == Instance.id)
                 .where(ForwardJob.state == ForwardState.PENDING,
                        ForwardJob.next_attempt_at <= now)
                 .order_by(ForwardJob.next_attempt_at, ForwardJob.id)
-                .limit(MAX_JOBS_PER_RUN))
-            return [DueJob(*row) for row in rows]
+                .limit(MAX_JOBS_PER_RUN)).all()
+            leased = []
+            for row in rows:
+                job = DueJob(*row[1:])
+                taken = session.execute(
+                    update(ForwardJob).where(ForwardJob.id == job.job_id,
+                                             ForwardJob.state == ForwardState.PENDING,
+                                             ForwardJob.next_attempt_at == row[0])
+                    .values(next_attempt_at=now + SEND_LEASE_SECONDS))
+                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                    leased.append(job)
+            return leased
 
     # -- network ------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The sidecar index: SQLAlchemy models of what the node holds and what it found.
 
-Five tables, one row per thing a user asks about:
+Seven tables, one row per thing a user asks about:
 
 - :class:`Study` — patient and study attributes (the C-FIND patient and study levels);
 - :class:`Series` — series attributes, the original and corrected BodyPartExamined, the
@@ -8,7 +8,10 @@ Five tables, one row per thing a user asks about:
 - :class:`Instance` — one stored file: its SOP UIDs and its server-chosen relative path;
 - :class:`ForwardJob` — one SR to send to one peer, with its retry state;
 - :class:`ModelVersion` — one model the node has used or made (``bpr adapt``), with its guard
-  metrics and whether it is the active one.
+  metrics and whether it is the active one;
+- :class:`NodeProcess` — one running node process (several may share the index), with its
+  heartbeat, so that the work of a process that died is taken over;
+- :class:`BackfillJob` — one series of a peer's archive that ``bpr backfill`` fetches.
 
 Times are UTC seconds since the epoch (floats), so that ordering and arithmetic work the same on
 SQLite and PostgreSQL. The database URL comes from ``database.url``; the SQLite default uses
@@ -118,6 +121,8 @@ class Series(Base):
     rerun_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Completed analyses so far (1 after the first; +1 per re-analysis).
     analysis_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: The node process analyzing it (:class:`NodeProcess` id) while PROCESSING.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     corrected_body_part: Mapped[str | None] = mapped_column(String(16), nullable=True)
     corrected_snomed_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -220,6 +225,56 @@ class ModelVersion(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     #: Exactly one row is active once the node has recorded its base model.
     active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class NodeProcess(Base):
+    """One running node process; rows of processes that stopped cleanly are deleted."""
+
+    __tablename__ = "node_processes"
+
+    #: ``host:pid:random``: unique per process, and names the host and pid for liveness.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class BackfillState(enum.StrEnum):
+    """State of one series ``bpr backfill`` fetches from a peer."""
+
+    PENDING = "PENDING"  # to fetch (again at ``next_attempt_at`` after a failure)
+    FETCHING = "FETCHING"  # a retrieve is under way (``lease_until``: the fetcher is alive)
+    FETCHED = "FETCHED"  # every instance the peer listed is stored; the node analyzes it
+    SKIPPED = "SKIPPED"  # the node had analyzed it already
+    FAILED = "FAILED"  # the peer could not deliver it; ``last_error`` says why
+
+
+class BackfillJob(Base):
+    """One series of a peer's archive to fetch and analyze."""
+
+    __tablename__ = "backfill_jobs"
+    __table_args__ = (UniqueConstraint("peer", "series_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    peer: Mapped[str] = mapped_column(String(16), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    #: NumberOfSeriesRelatedInstances as the peer answered (None: it did not say).
+    expected_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[BackfillState] = mapped_column(
+        Enum(BackfillState, native_enum=False, length=16), default=BackfillState.PENDING,
+        index=True)
+    #: Retrieve requests sent for it (1 when it was fetched once).
+    fetches: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    #: While FETCHING: the fetcher renews this; past it, another fetcher may resume the job.
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 def make_engine(url: str) -> Engine:

@@ -9,7 +9,8 @@
   after a clean run lists folders, not files.
 - :func:`recover_series` recomputes from the index what the previous process left to do:
   RECEIVING series get their quiet-time check again, QUEUED series and those a crash left
-  PROCESSING are queued for analysis (:func:`dicom_node.series_state.requeued_at_startup`).
+  PROCESSING are queued for analysis (:func:`dicom_node.cluster.take_over_abandoned`: only
+  series of processes that are gone, never of a live process sharing the index).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from dicom_node.cluster import take_over_abandoned
 from dicom_node.config import NodeConfig
 from dicom_node.headers import BadInstanceError, read_header
 from dicom_node.index import Index, Instance, Series, SeriesState
 from dicom_node.ingest import ingest
-from dicom_node.series_state import INTERRUPTED, requeued_at_startup
 from dicom_node.series_tracking import SeriesTracker
 from dicom_node.storage import FileStore
 
@@ -65,26 +66,30 @@ def recover_storage(index: Index, store: FileStore, config: NodeConfig) -> dict[
 
 
 def recover_series(index: Index, tracker: SeriesTracker) -> dict[str, int]:
-    """Reschedule RECEIVING series, requeue QUEUED and interrupted ones (submitted last).
+    """Reschedule RECEIVING series, requeue interrupted ones, submit the QUEUED (last).
+
+    Interrupted are the series PROCESSING by a process that is gone
+    (:func:`dicom_node.cluster.take_over_abandoned`): this process's previous incarnation
+    after a crash, never a live process sharing the index.
 
     Returns
     -------
     dict of str to int
-        Series found ``receiving``, ``queued`` and ``interrupted`` (PROCESSING).
+        Series found ``receiving``, ``queued`` and ``interrupted``.
     """
-    counts = {"receiving": 0, "queued": 0, "interrupted": 0}
+    interrupted = take_over_abandoned(index)
+    counts = {"receiving": 0, "queued": 0, "interrupted": len(interrupted)}
     queued: list[int] = []
     with index.session() as session:
         rows = session.scalars(select(Series).where(
-            Series.state.in_([SeriesState.RECEIVING, *INTERRUPTED])))
+            Series.state.in_([SeriesState.RECEIVING, SeriesState.QUEUED])))
         for series in rows:
             if series.state is SeriesState.RECEIVING:
                 counts["receiving"] += 1
                 tracker.schedule(series.id, series.last_received_at)
-                continue
-            counts["queued" if series.state is SeriesState.QUEUED else "interrupted"] += 1
-            requeued_at_startup(series)
-            queued.append(series.id)
+            else:
+                queued.append(series.id)
+    counts["queued"] = len(queued) - len(interrupted)
     # Submitted after the commit: a worker must find them QUEUED.
     for pk in queued:
         tracker.submit(pk)

@@ -12,11 +12,17 @@ claim                      QUEUED                       PROCESSING
 analysis_finished          PROCESSING                   DONE, FAILED; RECEIVING when
                                                         ``rerun_requested``
 reprocess_requested        any but PROCESSING           QUEUED
-requeued_at_startup        QUEUED, PROCESSING           QUEUED
+abandoned_requeued         PROCESSING (its process is   QUEUED
+                           gone)
 =========================  ===========================  ====================================
 
 A series is analyzed by one worker at a time: :func:`claim` is a conditional UPDATE, so two
-workers, or a worker and ``bpr reprocess`` in another process, never both hold it. Instances
+workers, or a worker and ``bpr reprocess`` in another process, never both hold it. On
+PostgreSQL this is as strong as ``SELECT … FOR UPDATE SKIP LOCKED`` for one row: under READ
+COMMITTED the second UPDATE waits for the first one's row lock and then re-evaluates its
+WHERE clause on the committed row, which is no longer QUEUED, so it changes nothing (on SQLite
+writers are serialized outright). The claim records the process (``claimed_by``), so that a
+series whose process died is taken over (:func:`abandoned_requeued`) and no other. Instances
 that arrive while it is PROCESSING set ``rerun_requested`` instead of changing the state; the
 analysis then ends in RECEIVING, so one re-analysis follows after the next quiet time.
 
@@ -34,9 +40,6 @@ from dicom_node.index import Series, SeriesState
 
 #: States a further instance sends back to RECEIVING (the volume changed: analyze again).
 _REOPENED_BY_INSTANCE = frozenset({SeriesState.DONE, SeriesState.FAILED, SeriesState.QUEUED})
-#: States a series can be in when the node starts that mean "analysis due": QUEUED, and
-#: PROCESSING left by a process that died mid-analysis.
-INTERRUPTED = frozenset({SeriesState.QUEUED, SeriesState.PROCESSING})
 
 
 def first_instance_received(series: Series, analyzed_modalities: tuple[str, ...]) -> None:
@@ -72,11 +75,12 @@ def quiet_time_reached(series: Series) -> None:
     series.state = SeriesState.QUEUED
 
 
-def claim(session: Session, series_pk: int) -> bool:
-    """QUEUED → PROCESSING for one worker; False when it was not QUEUED (someone has it)."""
+def claim(session: Session, series_pk: int, by: str | None = None) -> bool:
+    """QUEUED → PROCESSING for one worker (process ``by``); False when it was not QUEUED
+    (someone has it)."""
     claimed = session.execute(
         update(Series).where(Series.id == series_pk, Series.state == SeriesState.QUEUED)
-        .values(state=SeriesState.PROCESSING, rerun_requested=False))
+        .values(state=SeriesState.PROCESSING, rerun_requested=False, claimed_by=by))
     return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
 
 
@@ -93,6 +97,7 @@ def analysis_finished(series: Series, *, succeeded: bool) -> SeriesState:
     else:
         series.state = SeriesState.DONE if succeeded else SeriesState.FAILED
     series.rerun_requested = False
+    series.claimed_by = None
     return series.state
 
 
@@ -110,12 +115,8 @@ def reprocess_requested(session: Session, series_pk: int) -> bool:
     return bool(queued.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def requeued_at_startup(series: Series) -> None:
-    """QUEUED or PROCESSING at start-up → QUEUED: the analysis is (re)done.
-
-    PROCESSING at start-up means the previous process died mid-analysis; the SR has
-    deterministic UIDs, so repeating the analysis stores it once.
-    """
-    if series.state not in INTERRUPTED:
-        raise ValueError(f"series {series.id} is {series.state.value}, not interrupted")
-    series.state = SeriesState.QUEUED
+def abandoned_requeued(series: Series) -> None:
+    """PROCESSING by a process that is gone → QUEUED: another process analyzes it."""
+    if series.state is not SeriesState.PROCESSING:
+        raise ValueError(f"series {series.id} is {series.state.value}, not PROCESSING")
+    series.state, series.claimed_by = SeriesState.QUEUED, None

@@ -12,6 +12,7 @@ import logging
 import threading
 from datetime import UTC
 from pathlib import Path
+from typing import Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
@@ -19,6 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node.adaptation import AdaptationSchedule
 from dicom_node.analysis_worker import AnalysisWorker
 from dicom_node.application_entity import build_ae, listen
+from dicom_node.cluster import Membership, Sweeper
 from dicom_node.config import ConfigError, NodeConfig
 from dicom_node.forwarding import Forwarder
 from dicom_node.index import Index, Series, SeriesState
@@ -29,6 +31,14 @@ from dicom_node.series_tracking import SeriesTracker
 from dicom_node.storage import FileStore
 
 log = logging.getLogger(__name__)
+
+#: What one node process does (``bpr serve --role``).
+Role = Literal["all", "receiver", "worker"]
+ROLES: tuple[Role, ...] = ("all", "receiver", "worker")
+
+
+def _leave_to_workers(series_pk: int) -> None:
+    """A receiver's completed series stay QUEUED for the workers' sweep."""
 
 
 class Node:
@@ -41,25 +51,37 @@ class Node:
     config_path : Path, optional
         The file it came from; scheduled adaptation runs read it (``adaptation.enabled``
         needs it).
+    role : {"all", "receiver", "worker"}
+        ``all`` receives, analyzes and forwards; ``receiver`` listens and queues completed
+        series, which the ``worker`` processes sharing its index analyze (a worker does not
+        listen). Every role forwards SRs; scheduled adaptation runs only in ``all``.
     """
 
-    def __init__(self, config: NodeConfig, config_path: Path | None = None) -> None:
-        if config.adaptation.enabled and config_path is None:
+    def __init__(self, config: NodeConfig, config_path: Path | None = None,
+                 role: Role = "all") -> None:
+        if config.adaptation.enabled and config_path is None and role == "all":
             raise ConfigError("adaptation.enabled needs the configuration file's path")
         self.config = config
+        self.role = role
         self.index = Index(config.database.url)
         self.store = FileStore(config.storage.root, config.storage.min_free_bytes)
         self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.membership = Membership(self.index, role)
         self.worker = AnalysisWorker(self.index, self.store, config,
-                                     on_finished=self._analysis_finished)
+                                     on_finished=self._analysis_finished,
+                                     owner=self.membership.id)
+        analyzes = role != "receiver"
         self.tracker = SeriesTracker(self.index, self.scheduler, config.series.quiet_seconds,
-                                     self.worker.submit)
+                                     self.worker.submit if analyzes else _leave_to_workers)
+        self.sweeper = (Sweeper(self.index, config.series.quiet_seconds,
+                                config.series.sweep_seconds, self.worker.submit)
+                        if analyzes else None)
         self.forwarder = Forwarder(self.index, self.store, config)
         self.store_service = StoreService(self.index, self.store, config,
                                           on_stored=self.tracker.on_stored)
         self.query_service = QueryRetrieveService(self.index, self.store, config)
         self.adaptation = (AdaptationSchedule(self.index, self.store, config, config_path)
-                           if config_path is not None else None)
+                           if config_path is not None and role == "all" else None)
         self.ae = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
 
@@ -71,13 +93,22 @@ class Node:
 
     def start(self) -> None:
         """Recover, then listen (returns at once; the server runs in threads)."""
-        recover_storage(self.index, self.store, self.config)
+        self.membership.join()
+        if self.role != "worker":
+            recover_storage(self.index, self.store, self.config)
         self.scheduler.start()
         self.forwarder.start(self.scheduler)
         if self.adaptation is not None:
             self.adaptation.start(self.scheduler)
         counts = recover_series(self.index, self.tracker)
         log.info("recovered series: %s", counts)
+        if self.sweeper is not None:
+            self.scheduler.add_job(self.sweeper.sweep, "interval",
+                                   seconds=self.config.series.sweep_seconds, id="bpr-sweep",
+                                   max_instances=1, coalesce=True)
+        if self.role == "worker":
+            log.info("analysis worker %s started", self.membership.id)
+            return
         self._server = listen(self.ae, self.config, [*self.store_service.handlers(),
                                                      *self.query_service.handlers()])
         threading.Thread(target=self._server.serve_forever, name="bpr-acceptor",
@@ -96,6 +127,7 @@ class Node:
         self.forwarder.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self.membership.leave()
         self.index.close()
 
     def _analysis_finished(self, series_pk: int, state: SeriesState, sr_pk: int | None) -> None:

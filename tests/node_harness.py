@@ -59,11 +59,11 @@ def write_config(folder: Path, port: int, *, quiet_seconds: float = 1.0,
 class NodeProcess:
     """A running ``bpr serve``; its log is kept in ``log_path``."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, role: str = "all") -> None:
         self.config = config
         self.log_path = config.parent / "node.log"
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen([*BPR, "serve", "--config", str(config)],
+        self.process = subprocess.Popen([*BPR, "serve", "--config", str(config), "--role", role],
                                         stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_listening(self, port: int, timeout: float = 60.0) -> None:

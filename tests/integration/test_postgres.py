@@ -10,14 +10,7 @@ the ``psycopg`` driver is not installed.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,9 +40,9 @@ from dicom_node.server import Node
 from dicom_node.statuses import PENDING
 from dicom_node.storage import FileStore
 from tests import synthetic_index
-from tests.needs import missing
 from tests.node.qr_node import identifier, stub_event
 from tests.node_harness import free_port
+from tests.postgres_cluster import fresh_database, postgres_cluster
 from tests.synthetic_index import Spec, part10, part10_files, series_uid, study_uid
 
 NODE_AE = "BPR_NODE"
@@ -58,82 +51,18 @@ NODE_AE = "BPR_NODE"
 # -- the cluster -----------------------------------------------------------------------------
 
 
-def _postgres_bin() -> Path | None:
-    """The folder of ``initdb`` and ``pg_ctl``: PATH first, then Debian's versioned folders."""
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
-                        else 0)
-    return candidates[-1].parent if candidates else None
-
-
-def _as_cluster_owner() -> list[str]:
-    """The command prefix that runs the server as a user it accepts (it refuses root)."""
-    if os.geteuid() != 0:
-        return []
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        missing("running as root and there is no 'postgres' user to own the test cluster")
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        missing("running as root and runuser is missing: cannot start PostgreSQL")
-    return [runuser, "-u", "postgres", "--"]
-
-
-def _run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """The URL of a fresh PostgreSQL cluster's ``postgres`` database (superuser ``bpr``)."""
-    if importlib.util.find_spec("psycopg") is None:
-        missing("PostgreSQL driver missing: pip install 'psycopg[binary]' (the "
-                "postgresql+psycopg URLs need it)")
-    bindir = _postgres_bin()
-    if bindir is None:
-        missing("PostgreSQL is not installed (no initdb; Debian package 'postgresql')")
-    prefix = _as_cluster_owner()
-    # Not pytest's tmp_path: its folders are private to our user, which the server may not be,
-    # and the Unix socket path must stay under ~100 bytes.
-    folder = Path(tempfile.mkdtemp(prefix="bpr-pg-"))
-    if prefix:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", free_port()
-    try:
-        # C.UTF-8: byte (code point) order and Unicode case folding, as the node's SQLite.
-        _run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "bpr", "--auth=trust",
-              "--locale=C.UTF-8", "-E", "UTF8", "--no-sync"])
-        _run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
-              "-w", "-t", "30", "-o",
-              f"-c listen_addresses='' -k {folder} -p {port} -c fsync=off", "start"])
-        try:
-            yield f"postgresql+psycopg://bpr@/postgres?host={folder}&port={port}"
-        finally:
-            _run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                  "stop"])
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with postgres_cluster() as url:
+        yield url
 
 
 @pytest.fixture
 def pg_url(cluster: str) -> Iterator[str]:
     """A new, empty database of the cluster for one test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(cluster, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(cluster).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(cluster) as url:
+        yield url
 
 
 # -- synthetic instances ---------------------------------------------------------------------

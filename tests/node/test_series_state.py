@@ -10,13 +10,13 @@ import pytest
 
 from dicom_node.index import Index, Series, SeriesState, Study
 from dicom_node.series_state import (
+    abandoned_requeued,
     analysis_finished,
     claim,
     first_instance_received,
     instance_received,
     quiet_time_reached,
     reprocess_requested,
-    requeued_at_startup,
 )
 
 ALL = tuple(SeriesState)
@@ -110,14 +110,15 @@ def test_analysis_finished(succeeded: bool, rerun: bool, after: SeriesState) -> 
 
 
 @pytest.mark.parametrize("state", ALL)
-def test_requeued_at_startup(state: SeriesState) -> None:
+def test_abandoned_requeued(state: SeriesState) -> None:
     made = series(state)
-    if state in (SeriesState.QUEUED, SeriesState.PROCESSING):
-        requeued_at_startup(made)
-        assert made.state is SeriesState.QUEUED
+    made.claimed_by = "gone:1:x"
+    if state is SeriesState.PROCESSING:
+        abandoned_requeued(made)
+        assert (made.state, made.claimed_by) == (SeriesState.QUEUED, None)
     else:
-        with pytest.raises(ValueError, match="not interrupted"):
-            requeued_at_startup(made)
+        with pytest.raises(ValueError, match="not PROCESSING"):
+            abandoned_requeued(made)
         assert made.state is state
 
 
