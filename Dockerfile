@@ -1,5 +1,5 @@
 # The bpr DICOM node. Build: docker build -t bpr-node .
-# Run:   docker run -p 11112:11112 -v bpr-data:/data bpr-node
+# Run:   docker run -p 11112:11112 -p 8080:8080 -v bpr-data:/data bpr-node
 # Mount your own config.yaml at /etc/bpr/config.yaml to add peers (see README "Add it to your PACS").
 FROM python:3.11-slim
 
@@ -15,7 +15,8 @@ COPY bpr ./bpr
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install --no-cache-dir .
 
-# The shipped config, listening on all interfaces and keeping everything under /data.
+# The shipped config, listening on all interfaces (DICOM and the web view) and keeping
+# everything under /data.
 COPY config.yaml /etc/bpr/config.yaml
 RUN sed -i -e 's|^  host: 127.0.0.1 |  host: 0.0.0.0   |' \
            -e 's|^  root: bpr-data/storage|  root: /data/storage|' \
@@ -24,7 +25,8 @@ RUN sed -i -e 's|^  host: 127.0.0.1 |  host: 0.0.0.0   |' \
 
 USER bpr
 VOLUME /data
-EXPOSE 11112
-HEALTHCHECK --interval=30s --timeout=10s CMD python -c "import socket; socket.create_connection(('127.0.0.1', 11112), 5)"
+EXPOSE 11112 8080
+# /healthz checks the DICOM listener, the index database and free storage (503 when one fails).
+HEALTHCHECK --interval=30s --timeout=10s CMD python -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=5).status != 200)"
 ENTRYPOINT ["bpr"]
 CMD ["serve", "--config", "/etc/bpr/config.yaml"]

@@ -25,11 +25,19 @@ One module per concern; each rule of the node has one owner:
 - :mod:`dicom_node.query_sql` — the SELECTs that answer C-FIND, C-MOVE and C-GET;
 - :mod:`dicom_node.query` — the C-FIND, C-MOVE and C-GET handlers;
 - :mod:`dicom_node.security` — peer permissions and TLS;
+- :mod:`dicom_node.metrics` — the Prometheus metrics of a node process;
+- :mod:`dicom_node.web` — the operator's HTTP view (health, metrics, series pages);
+- :mod:`dicom_node.web_server` — serving it with uvicorn beside the DICOM port;
+- :mod:`dicom_node.cluster` — node processes sharing one index: heartbeats, taking over the
+  work of a process that died, the periodic sweep;
+- :mod:`dicom_node.backfill` — fetching a peer's archive series by series (C-FIND, C-MOVE or
+  C-GET), resumable;
 - :mod:`dicom_node.model_versions` — the base model, adapted candidates and the active one;
 - :mod:`dicom_node.adaptation` — adaptation runs on the node's series and their schedule;
 - :mod:`dicom_node.server` — wires them into the running node;
 - :mod:`dicom_node.cli` — ``bpr serve``, ``bpr index`` and ``bpr reprocess``;
-- :mod:`dicom_node.adapt_cli` — ``bpr adapt`` and ``bpr models``.
+- :mod:`dicom_node.adapt_cli` — ``bpr adapt`` and ``bpr models``;
+- :mod:`dicom_node.backfill_cli` — ``bpr backfill``.
 
 The model is reached through :mod:`model.api` only.
 """

@@ -25,6 +25,7 @@ from dicom_node.forwarding import enqueue_forwards
 from dicom_node.headers import read_header
 from dicom_node.index import Index, Region, Series, SeriesState
 from dicom_node.ingest import ingest
+from dicom_node.metrics import NodeMetrics
 from dicom_node.model_versions import active_weights
 from dicom_node.series_state import analysis_finished, claim
 from dicom_node.sr import build_sr
@@ -49,6 +50,8 @@ class AnalysisWorker:
         Called with the series primary key, its new state and the SR instance primary key
         (None when no SR was written) after each analysis; the node uses it to forward, and
         to reschedule series that received instances meanwhile (state RECEIVING).
+    metrics : NodeMetrics, optional
+        Records the duration of every analysis.
     owner : str, optional
         The id of this process (:class:`dicom_node.cluster.Membership`), recorded with each
         claim so that other processes take over only the series of a process that is gone.
@@ -60,9 +63,11 @@ class AnalysisWorker:
 
     def __init__(self, index: Index, store: FileStore, config: NodeConfig,
                  on_finished: Callable[[int, SeriesState, int | None], None] | None = None,
-                 model: Model | None = None, owner: str | None = None) -> None:
+                 model: Model | None = None, owner: str | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.index = index
         self.owner = owner
+        self.metrics = metrics
         self.store = store
         self.config = config
         self.on_finished = on_finished
@@ -131,6 +136,8 @@ class AnalysisWorker:
         except ANALYSIS_ERRORS as exc:
             return self._fail(series_pk, exc)
         analysis_seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.analysis_done(analysis_seconds)
         t1 = time.perf_counter()
         sr_pk: int | None = None
         if self.config.sr.enabled:

@@ -128,10 +128,10 @@ def take_over_abandoned(index: Index, now: float | None = None) -> list[int]:
 def being_fetched(index: Index, series_uid: str, now: float) -> bool:
     """Whether a live ``bpr backfill`` is still fetching this series."""
     with index.session() as session:
-        return session.scalar(select(BackfillJob.id).where(
+        fetchers = session.scalars(select(BackfillJob.claimed_by).where(
             BackfillJob.series_instance_uid == series_uid,
-            BackfillJob.state == BackfillState.FETCHING,
-            BackfillJob.lease_until > now).limit(1)) is not None
+            BackfillJob.state == BackfillState.FETCHING)).all()
+        return any(not is_gone(session.get(NodeProcess, by or ""), now) for by in fetchers)
 
 
 def queue_overdue(index: Index, quiet_seconds: float, grace_seconds: float,

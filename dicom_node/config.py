@@ -206,6 +206,44 @@ class AdaptationConfig:
 
 
 @dataclass(frozen=True)
+class BackfillConfig:
+    """``bpr backfill``: fetching a peer's archive (its options override these per run)."""
+
+    #: Series retrieves started per second at most (0: no limit).
+    rate: float = 0.5
+    #: Series retrieved at once.
+    concurrency: int = 1
+    #: A series the peer fails to deliver is tried this often, then FAILED with the reason.
+    max_attempts: int = 5
+    #: Delay before the first retry; doubled per attempt up to ``max_delay_s``.
+    initial_delay_s: float = 30.0
+    max_delay_s: float = 1800.0
+    #: Retrieve with C-GET instead of C-MOVE (also used when the peer answers that it does
+    #: not know this node as a move destination).
+    use_c_get: bool = False
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The operator's HTTP view: ``/healthz``, ``/metrics`` and read-only series pages."""
+
+    #: Serve it (its own port, beside DICOM).
+    enabled: bool = True
+    #: Interface; the default keeps it on this machine (0.0.0.0 in the container image).
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Show patient names and IDs on the pages (masked otherwise).
+    show_phi: bool = False
+    #: Require ``Authorization: Bearer <token>`` on every page but ``/healthz`` (empty: none).
+    bearer_token: str = ""
+    #: Or HTTP basic auth with this user and password (both empty: none).
+    basic_user: str = ""
+    basic_password: str = ""
+    #: Series per page of the list.
+    page_size: int = 100
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Logs never hold patient names, IDs or other PHI; UIDs are shortened."""
 
@@ -226,6 +264,8 @@ class NodeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     #: Remote AEs: senders, query clients, move destinations and forwarding targets.
     peers: tuple[PeerConfig, ...] = ()
 
@@ -410,6 +450,22 @@ def _validate(config: NodeConfig) -> NodeConfig:
                 tls.ca_certificates is None or not tls.ca_certificates.is_file()):
             problems.append("security.tls.ca_certificates: required to check client certificates")
     problems += _adaptation_problems(config.adaptation)
+    web = config.web
+    if not 0 <= web.port < 65536:
+        problems.append(f"web.port: {web.port} is not a TCP port")
+    if web.enabled and web.port == config.network.port and web.host == config.network.host:
+        problems.append("web.port: the DICOM port (network.port) is taken")
+    if bool(web.basic_user) != bool(web.basic_password):
+        problems.append("web: basic_user and basic_password go together")
+    if web.page_size < 1:
+        problems.append("web.page_size must be at least 1")
+    fill = config.backfill
+    if fill.rate < 0 or fill.concurrency < 1 or fill.max_attempts < 1:
+        problems.append("backfill: rate must be 0 or positive, concurrency and max_attempts "
+                        "at least 1")
+    if fill.initial_delay_s <= 0 or fill.max_delay_s < fill.initial_delay_s:
+        problems.append("backfill: initial_delay_s must be positive and max_delay_s at least "
+                        "initial_delay_s")
     if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"logging.level: {config.logging.level!r} is not a log level")
     if problems:

@@ -243,7 +243,7 @@ class BackfillState(enum.StrEnum):
     """State of one series ``bpr backfill`` fetches from a peer."""
 
     PENDING = "PENDING"  # to fetch (again at ``next_attempt_at`` after a failure)
-    FETCHING = "FETCHING"  # a retrieve is under way (``lease_until``: the fetcher is alive)
+    FETCHING = "FETCHING"  # a retrieve is under way by process ``claimed_by``
     FETCHED = "FETCHED"  # every instance the peer listed is stored; the node analyzes it
     SKIPPED = "SKIPPED"  # the node had analyzed it already
     FAILED = "FAILED"  # the peer could not deliver it; ``last_error`` says why
@@ -270,8 +270,8 @@ class BackfillJob(Base):
     fetches: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
-    #: While FETCHING: the fetcher renews this; past it, another fetcher may resume the job.
-    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: While FETCHING: the fetching process (:class:`NodeProcess`); a gone one's job resumes.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.base import BaseScheduler
 
+from dicom_node.cluster import being_fetched
 from dicom_node.index import Index, Series, SeriesState
 from dicom_node.ingest import IngestResult
 from dicom_node.series_state import quiet_time_reached
@@ -63,9 +64,12 @@ class SeriesTracker:
             if series is None or series.state is not SeriesState.RECEIVING:
                 return
             due = series.last_received_at + self.quiet_seconds
+            if now >= due and being_fetched(self.index, series.series_instance_uid, now):
+                # `bpr backfill` is still retrieving it: complete only after its last instance
+                due = now + self.quiet_seconds
             if now < due:
                 # An instance arrived after this job was scheduled (another process, a race).
-                self.schedule(series_pk, series.last_received_at)
+                self.schedule(series_pk, due - self.quiet_seconds)
                 return
             quiet_time_reached(series)
         log.info("series %d complete after %.0f s quiet: queued", series_pk, self.quiet_seconds)

@@ -24,11 +24,14 @@ from dicom_node.cluster import Membership, Sweeper
 from dicom_node.config import ConfigError, NodeConfig
 from dicom_node.forwarding import Forwarder
 from dicom_node.index import Index, Series, SeriesState
+from dicom_node.metrics import NodeMetrics
 from dicom_node.query import QueryRetrieveService
 from dicom_node.receive import StoreService
 from dicom_node.recovery import recover_series, recover_storage
 from dicom_node.series_tracking import SeriesTracker
 from dicom_node.storage import FileStore
+from dicom_node.web import build_app
+from dicom_node.web_server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +70,10 @@ class Node:
         self.store = FileStore(config.storage.root, config.storage.min_free_bytes)
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.membership = Membership(self.index, role)
+        self.metrics = NodeMetrics(self.index, self.store)
         self.worker = AnalysisWorker(self.index, self.store, config,
                                      on_finished=self._analysis_finished,
-                                     owner=self.membership.id)
+                                     owner=self.membership.id, metrics=self.metrics)
         analyzes = role != "receiver"
         self.tracker = SeriesTracker(self.index, self.scheduler, config.series.quiet_seconds,
                                      self.worker.submit if analyzes else _leave_to_workers)
@@ -78,12 +82,17 @@ class Node:
                         if analyzes else None)
         self.forwarder = Forwarder(self.index, self.store, config)
         self.store_service = StoreService(self.index, self.store, config,
-                                          on_stored=self.tracker.on_stored)
+                                          on_stored=self.tracker.on_stored,
+                                          metrics=self.metrics)
         self.query_service = QueryRetrieveService(self.index, self.store, config)
         self.adaptation = (AdaptationSchedule(self.index, self.store, config, config_path)
                            if config_path is not None and role == "all" else None)
         self.ae = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
+        self._acceptor: threading.Thread | None = None
+        self.web = (WebServer(build_app(self.index, self.store, config, self.metrics,
+                                        self._listening), config)
+                    if config.web.enabled else None)
 
     @property
     def port(self) -> int:
@@ -106,18 +115,31 @@ class Node:
             self.scheduler.add_job(self.sweeper.sweep, "interval",
                                    seconds=self.config.series.sweep_seconds, id="bpr-sweep",
                                    max_instances=1, coalesce=True)
+        if self.web is not None:
+            self.web.start()
+            log.info("web view on %s://%s:%d", "https" if self.web.https else "http",
+                     self.config.web.host, self.web.port)
         if self.role == "worker":
             log.info("analysis worker %s started", self.membership.id)
             return
         self._server = listen(self.ae, self.config, [*self.store_service.handlers(),
                                                      *self.query_service.handlers()])
-        threading.Thread(target=self._server.serve_forever, name="bpr-acceptor",
-                         daemon=True).start()
+        self._acceptor = threading.Thread(target=self._server.serve_forever,
+                                          name="bpr-acceptor", daemon=True)
+        self._acceptor.start()
         net = self.config.network
         log.info("listening as %s on %s:%d", net.ae_title, net.host, self.port)
 
+    def _listening(self) -> bool | None:
+        """Whether the DICOM acceptor runs (None: a worker does not listen)."""
+        if self.role == "worker":
+            return None
+        return self._acceptor is not None and self._acceptor.is_alive()
+
     def stop(self) -> None:
         """Stop listening, finish running analyses, stop timers, close the index."""
+        if self.web is not None:
+            self.web.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server = None

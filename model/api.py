@@ -22,9 +22,10 @@ training or evaluation code (:func:`adapt_model` imports them when called).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydicom.dataset import Dataset
@@ -62,6 +63,7 @@ __all__ = [
     "VolumeRecord",
     "adapt_model",
     "analyze_series",
+    "curve_png",
     "disguised_sequence",
     "load_model",
     "private_coding_scheme",
@@ -196,3 +198,17 @@ def adapt_model(series: Sequence[AdaptSeries], out_dir: Path, *,
 
     return adapt(series, out_dir, base_weights=base_weights, settings=settings,
                  progress=progress)
+
+
+def curve_png(document: Mapping[str, Any]) -> bytes:
+    """PNG of the score curve of a stored result document (``VolumeRecord.document``), as
+    ``bpr predict --plot`` draws it; it names no patient or file.
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        If the document is not a result document.
+    """
+    from model.tools.plot import document_png
+
+    return document_png(document)

@@ -47,6 +47,7 @@ def write_config(folder: Path, port: int, *, quiet_seconds: float = 1.0,
         "database": {"url": "sqlite:///index.sqlite"},
         "series": {"quiet_seconds": quiet_seconds, "torch_threads": 1},
         "forwarding": {"poll_seconds": 0.5, "initial_delay_s": 0.5, "max_delay_s": 2},
+        "web": {"port": free_port()},
         "peers": base_peers + list(peers),
     }
     for name, values in sections.items():

@@ -14,7 +14,8 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -55,9 +56,32 @@ def _run(command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
 
 
+@dataclass
+class PostgresServer:
+    """A running throwaway cluster that a test may stop and start again (an outage)."""
+
+    url: str
+    bindir: Path
+    data: Path
+    folder: Path
+    port: int
+    prefix: list[str]
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        _run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
+              str(self.folder / "server.log"), "-w", "-t", "30", "-o",
+              f"-c listen_addresses='' -k {self.folder} -p {self.port} -c fsync=off", "start"])
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: disconnect clients, as a restart does)."""
+        _run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode,
+              "-w", "stop"])
+
+
 @contextmanager
-def postgres_cluster() -> Iterator[str]:
-    """The URL of a fresh PostgreSQL cluster's ``postgres`` database (superuser ``bpr``)."""
+def postgres_server() -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL cluster (superuser ``bpr``, database ``postgres``), started."""
     if importlib.util.find_spec("psycopg") is None:
         missing("PostgreSQL driver missing: pip install 'psycopg[binary]' (the "
                 "postgresql+psycopg URLs need it)")
@@ -71,20 +95,27 @@ def postgres_cluster() -> Iterator[str]:
     if prefix:
         shutil.chown(folder, "postgres")
     data, port = folder / "data", free_port()
+    server = PostgresServer(f"postgresql+psycopg://bpr@/postgres?host={folder}&port={port}",
+                            bindir, data, folder, port, prefix)
     try:
         # C.UTF-8: byte (code point) order and Unicode case folding, as the node's SQLite.
         _run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "bpr", "--auth=trust",
               "--locale=C.UTF-8", "-E", "UTF8", "--no-sync"])
-        _run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
-              "-w", "-t", "30", "-o",
-              f"-c listen_addresses='' -k {folder} -p {port} -c fsync=off", "start"])
+        server.start()
         try:
-            yield f"postgresql+psycopg://bpr@/postgres?host={folder}&port={port}"
+            yield server
         finally:
-            _run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                  "stop"])
+            with suppress(RuntimeError):  # a test may have left it stopped
+                server.stop("immediate")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL cluster's ``postgres`` database (superuser ``bpr``)."""
+    with postgres_server() as server:
+        yield server.url
 
 
 @contextmanager

@@ -8,8 +8,11 @@ state is touched (safe inside a server process).
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +45,7 @@ def _region_colour(name: str, index: int) -> str:
 
 
 def plot_scores(
-    out: Path,
+    out: Path | BinaryIO,
     z_mm: npt.ArrayLike,
     raw: npt.ArrayLike,
     cleaned: npt.ArrayLike | None = None,
@@ -56,8 +59,8 @@ def plot_scores(
 
     Parameters
     ----------
-    out : Path
-        PNG file to write (its folder is created).
+    out : Path or binary file
+        PNG file to write (its folder is created), or a stream.
     z_mm : array_like, shape (n,)
         Patient z of every slice in mm (superior positive).
     raw : array_like, shape (n,)
@@ -103,8 +106,30 @@ def plot_scores(
     ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     # fixed margins instead of tight_layout: the landmark labels sit outside the axes
     fig.subplots_adjust(left=0.08, right=0.78, top=0.93, bottom=0.1)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
+
+
+def document_png(document: Mapping[str, Any]) -> bytes:
+    """PNG of the curve of a result's strict-JSON document (what the node's index keeps).
+
+    The title names the DICOM term only: no source path or identifier is drawn.
+    """
+    def floats(values: Any) -> list[float]:
+        return [math.nan if v is None else float(v) for v in values or []]
+
+    regions = {name: (float(r["z_min_mm"]), float(r["z_max_mm"]))
+               for name, r in (document.get("regions") or {}).items() if r}
+    landmarks = {name: float(entry["mean"])
+                 for name, entry in (document.get("look-up table") or {}).items()}
+    buffer = io.BytesIO()
+    plot_scores(buffer, floats(document.get("patient_z_mm")),
+                floats(document.get("unprocessed slice scores")),
+                floats(document.get("cleaned slice scores")),
+                title=f"BodyPartExamined: {document.get('body_part_examined') or 'withheld'}",
+                regions=regions, landmarks=landmarks)
+    return buffer.getvalue()
 
 
 def _shade_regions(ax: Axes, regions: Mapping[str, tuple[float, float]]) -> None:

@@ -303,6 +303,7 @@ def test_node_stores_and_finds_on_postgres(pg_url: str, tmp_path: Path) -> None:
         "storage": {"root": "storage", "min_free_bytes": 0},
         "database": {"url": pg_url},
         "series": {"quiet_seconds": 3600},
+        "web": {"port": 0},
         "peers": [{"ae_title": "SCU"}],
     }
     node = Node(config_from_dict(raw, tmp_path))

@@ -62,6 +62,7 @@ def node_config(base: Path, *, peers: list[dict[str, Any]] | None = None,
         "database": {"url": "sqlite:///index.sqlite"},
         # An hour of quiet time: no series completes, so no analysis (and no model) runs.
         "series": {"quiet_seconds": 3600, "torch_threads": 1},
+        "web": {"port": 0},
         "peers": PEERS if peers is None else peers,
     }
     for name, values in sections.items():

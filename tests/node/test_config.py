@@ -24,7 +24,8 @@ def test_shipped_config_is_valid_and_paths_are_relative_to_it() -> None:
 def test_every_documented_section_is_in_the_shipped_file() -> None:
     text = (REPO / "config.yaml").read_text()
     for section in ("network:", "storage:", "database:", "series:", "sr:", "forwarding:",
-                    "security:", "tls:", "adaptation:", "logging:", "peers:"):
+                    "security:", "tls:", "adaptation:", "backfill:", "web:", "logging:",
+                    "peers:"):
         assert section in text
 
 
@@ -50,6 +51,10 @@ def test_every_documented_section_is_in_the_shipped_file() -> None:
     ({"adaptation": {"steps": 0}}, "adaptation.steps"),
     ({"adaptation": {"nice": 20}}, "adaptation.nice"),
     ({"adaptation": {"memory_limit_mb": -1}}, "memory_limit_mb"),
+    ({"web": {"port": 70000}}, "web.port"),
+    ({"web": {"port": 11112}}, "DICOM port"),
+    ({"web": {"basic_user": "admin"}}, "go together"),
+    ({"web": {"page_size": 0}}, "page_size"),
 ])
 def test_invalid_options_are_named(tmp_path: Path, raw: dict[str, Any], message: str) -> None:
     raw = {"peers": PEERS, **raw}
