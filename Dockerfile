@@ -15,13 +15,14 @@ COPY bpr ./bpr
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install --no-cache-dir .
 
-# The shipped config, listening on all interfaces (DICOM and the web view) and keeping
-# everything under /data.
+# The shipped config as it is; the container's differences are environment overrides,
+# validated like the file (dicom_node.config.ENV_OVERRIDES): listen on all interfaces (DICOM
+# and the web view) and keep everything under /data.
 COPY config.yaml /etc/bpr/config.yaml
-RUN sed -i -e 's|^  host: 127.0.0.1 |  host: 0.0.0.0   |' \
-           -e 's|^  root: bpr-data/storage|  root: /data/storage|' \
-           -e 's|sqlite:///bpr-data/index.sqlite|sqlite:////data/index.sqlite|' \
-           /etc/bpr/config.yaml
+ENV BPR_HOST=0.0.0.0 \
+    BPR_WEB_HOST=0.0.0.0 \
+    BPR_STORAGE_ROOT=/data/storage \
+    BPR_DATABASE_URL=sqlite:////data/index.sqlite
 
 USER bpr
 VOLUME /data

@@ -3,7 +3,9 @@
 Run: ``python -m benchmarks.robustness_report [--soak]``
 
 Runs the load, fault, attack and fuzz tests (``tests/integration/test_node_load.py``,
-``tests/integration/test_node_crash.py``, ``tests/node/test_security.py``, ``tests/fuzz/``)
+``tests/integration/test_node_crash.py``, ``tests/integration/test_db_outage.py`` (the index
+database stopped while a sender stores: stores refused, lost, time to recover),
+``tests/node/test_security.py``, ``tests/fuzz/``)
 and gathers the figures they report (``report(section, line)``, printed in the "figures"
 section of pytest's terminal summary) into one report. ``--soak`` sets ``BPR_SOAK=1``: more
 senders, series, kill cycles and fuzz examples (tens of minutes).
@@ -21,7 +23,7 @@ from pathlib import Path
 from tests.figures import parse_summary
 
 TESTS = ["tests/integration/test_node_load.py", "tests/integration/test_node_crash.py",
-         "tests/node/test_security.py", "tests/fuzz"]
+         "tests/integration/test_db_outage.py", "tests/node/test_security.py", "tests/fuzz"]
 
 
 def main(argv: list[str] | None = None) -> int:

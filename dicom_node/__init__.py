@@ -3,6 +3,7 @@
 One module per concern; each rule of the node has one owner:
 
 - :mod:`dicom_node.config` — ``config.yaml``, every option documented and validated at start-up;
+- :mod:`dicom_node.config_operations` — the options of adaptation, backfill and the web view;
 - :mod:`dicom_node.index` — the SQLAlchemy models of the sidecar index and its sessions;
 - :mod:`dicom_node.storage` — durable files at server-chosen paths;
 - :mod:`dicom_node.headers` — reading what peers send: instance headers, UIDs, identifier
@@ -35,6 +36,8 @@ One module per concern; each rule of the node has one owner:
 - :mod:`dicom_node.model_versions` — the base model, adapted candidates and the active one;
 - :mod:`dicom_node.adaptation` — adaptation runs on the node's series and their schedule;
 - :mod:`dicom_node.server` — wires them into the running node;
+- :mod:`dicom_node.commands` — the node's ``bpr`` commands (arguments only; the work below is
+  imported when a command runs);
 - :mod:`dicom_node.cli` — ``bpr serve``, ``bpr index`` and ``bpr reprocess``;
 - :mod:`dicom_node.adapt_cli` — ``bpr adapt`` and ``bpr models``;
 - :mod:`dicom_node.backfill_cli` — ``bpr backfill``.

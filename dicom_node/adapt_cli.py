@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
 from dicom_node.adaptation import limit_this_process, run_adaptation
-from dicom_node.cli import SubParsers, load_node_config
+from dicom_node.cli import load_node_config
 from dicom_node.config import ConfigError
 from dicom_node.index import Index, ModelVersion
 from dicom_node.model_versions import ModelVersionError, activate, record_base, rollback
@@ -29,25 +29,7 @@ from dicom_node.storage import FileStore
 from model.api import AdaptError, AdaptReport, AdaptSeries, AdaptSettings, adapt_model
 
 
-def add_adapt(sub: SubParsers[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("adapt", help="fine-tune the model on stored or given CT (guarded)")
-    p.add_argument("inputs", nargs="*", type=Path,
-                   help="NIfTI files, DICOM files or folders, one series each; none: the "
-                        "node's analyzed series (--config)")
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="node configuration (default: ./config.yaml); used without inputs")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run folder (required with inputs; default under storage.root/models)")
-    p.add_argument("--base", type=Path, default=None,
-                   help="with inputs: weights to start from (default: the shipped model)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-validation", action="store_true",
-                   help="with inputs: skip the validation LMSE on ../shared/data")
-    p.set_defaults(func=_adapt)
-
-
-def _adapt(args: argparse.Namespace) -> int:
+def run_adapt(args: argparse.Namespace) -> int:
     try:
         report = _adapt_inputs(args) if args.inputs else _adapt_node(args)
     except AdaptError as exc:
@@ -97,20 +79,7 @@ def _input_series(path: Path) -> AdaptSeries:
     return AdaptSeries(key=str(path), patient=patient, paths=(path,))
 
 
-def add_models(sub: SubParsers[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("models", help="list, activate or roll back model versions")
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="node configuration (default: ./config.yaml)")
-    p.add_argument("action", nargs="?", choices=("list", "activate", "rollback"),
-                   default="list")
-    p.add_argument("version", nargs="?", help="with activate: the version")
-    p.add_argument("--force", action="store_true",
-                   help="with activate: also a candidate that was not promoted")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=_models)
-
-
-def _models(args: argparse.Namespace) -> int:
+def run_models(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     index = Index(config.database.url)
     record_base(index, config)
@@ -158,7 +127,3 @@ def _print_models(rows: list[dict[str, object]], fmt: str) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-
-
-#: The adaptation commands, registered on the ``bpr`` parser by :mod:`bpr.cli`.
-ADAPT_COMMANDS = (add_adapt, add_models)

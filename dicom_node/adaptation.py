@@ -32,7 +32,8 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from dicom_node.config import AdaptationConfig, NodeConfig
+from dicom_node.config import NodeConfig
+from dicom_node.config_operations import AdaptationConfig
 from dicom_node.index import Index, ModelVersion, Series, SeriesState, Study
 from dicom_node.model_versions import (
     MODELS_FOLDER,

@@ -93,6 +93,11 @@ class AnalysisWorker:
                 self._model_version = version
             return self._model
 
+    def busy(self, series_pk: int) -> bool:
+        """Whether the pool holds the series (queued in the pool or being analyzed)."""
+        with self._lock:
+            return series_pk in self._active
+
     def submit(self, series_pk: int) -> None:
         """Analyze the series soon (ignored while a worker already has it)."""
         with self._lock:

@@ -24,7 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import NodeConfig
 from dicom_node.contexts import add_supported_contexts
-from dicom_node.security import server_ssl_context
+from dicom_node.security import calling_ae_gate, server_ssl_context
 
 # pynetdicom logs whole C-FIND/C-MOVE identifiers (patient names, IDs) by default: no PHI in logs.
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
@@ -51,8 +51,7 @@ def build_ae(config: NodeConfig) -> AE:
     ae.maximum_associations = net.max_associations
     net.apply_to(ae)
     ae.require_called_aet = config.security.check_called_ae
-    if config.security.require_known_peers:
-        ae.require_calling_aet = [p.ae_title for p in config.peers]
+    # the calling AE allow-list is security.calling_ae_gate (it lets C-ECHO through)
     add_supported_contexts(ae)
     return ae
 
@@ -67,7 +66,7 @@ def listen(ae: AE, config: NodeConfig, handlers: list[EventHandlerType]
     server: ThreadedAssociationServer = ae.make_server(
         (net.host, net.port), ssl_context=server_ssl_context(config),
         server_class=GuardedAssociationServer, socket_timeout_s=net.network_timeout_s,
-        evt_handlers=handlers)
+        evt_handlers=[calling_ae_gate(config), *handlers])
     return server
 
 

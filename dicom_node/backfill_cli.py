@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -22,7 +21,7 @@ from dicom_node.backfill import (
     job_counts,
     status_report,
 )
-from dicom_node.cli import SubParsers, load_node_config
+from dicom_node.cli import load_node_config
 from dicom_node.config import NodeConfig
 from dicom_node.index import BackfillState, Index
 from dicom_node.storage import FileStore
@@ -31,26 +30,7 @@ from dicom_node.storage import FileStore
 _FINAL = (BackfillState.FETCHED, BackfillState.SKIPPED, BackfillState.FAILED)
 
 
-def add_backfill(sub: SubParsers[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("backfill", help="fetch and analyze the series a peer already holds")
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="node configuration (default: ./config.yaml)")
-    p.add_argument("--peer", help="AE title of a configured peer (host and port) to fetch from")
-    p.add_argument("--since", help="study date from (YYYYMMDD)")
-    p.add_argument("--until", help="study date to (YYYYMMDD)")
-    p.add_argument("--modality", default="CT")
-    p.add_argument("--rate", type=float, default=None,
-                   help="series retrieves started per second (default: backfill.rate)")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="series retrieved at once (default: backfill.concurrency)")
-    p.add_argument("--max-series", type=int, default=None,
-                   help="stop after starting this many retrieves (all runs together)")
-    p.add_argument("--status", action="store_true", help="report the jobs and stop")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=_backfill)
-
-
-def _backfill(args: argparse.Namespace) -> int:
+def run_backfill(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     index = Index(config.database.url)
     try:

@@ -23,7 +23,6 @@ from types import FrameType
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node.analysis_worker import AnalysisWorker
@@ -36,12 +35,6 @@ from dicom_node.storage import FileStore
 
 log = logging.getLogger(__name__)
 
-SubParsers = argparse._SubParsersAction  # argparse gives the sub-parsers type no public name
-
-
-def _config_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="node configuration (default: ./config.yaml)")
 
 
 def _load(args: argparse.Namespace) -> NodeConfig:
@@ -61,16 +54,7 @@ def load_node_config(path: Path) -> NodeConfig:
     return config
 
 
-def add_serve(sub: SubParsers[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the DICOM node")
-    _config_argument(p)
-    p.add_argument("--role", choices=("all", "receiver", "worker"), default="all",
-                   help="all: receive and analyze (default); receiver: receive and queue; "
-                        "worker: analyze what receivers queued (no DICOM port)")
-    p.set_defaults(func=_serve)
-
-
-def _serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace) -> int:
     from dicom_node.server import Node
 
     node = Node(_load(args), config_path=args.config.resolve(), role=args.role)
@@ -90,18 +74,6 @@ def _serve(args: argparse.Namespace) -> int:
     stop.wait()
     node.stop()
     return 0
-
-
-def add_index(sub: SubParsers[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("index", help="list series with original and corrected BodyPartExamined")
-    _config_argument(p)
-    p.add_argument("--term", help="corrected BodyPartExamined term (e.g. CHEST)")
-    p.add_argument("--state", choices=[s.value for s in SeriesState])
-    p.add_argument("--since", help="study date from (YYYYMMDD)")
-    p.add_argument("--until", help="study date to (YYYYMMDD)")
-    p.add_argument("--derived", action="store_true", help="include the SR series we wrote")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.set_defaults(func=_index)
 
 
 #: Columns of ``bpr index`` (no patient names: the listing is for pipelines and admins).
@@ -139,7 +111,7 @@ def index_rows(index: Index, *, term: str | None = None, state: str | None = Non
         } for s, st in session.execute(query)]
 
 
-def _index(args: argparse.Namespace) -> int:
+def run_index(args: argparse.Namespace) -> int:
     config = _load(args)
     index = Index(config.database.url)
     rows = index_rows(index, term=args.term, state=args.state, since=args.since,
@@ -167,17 +139,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{len(rows)} series")
 
 
-def add_reprocess(sub: SubParsers[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("reprocess", help="analyze series again (by SeriesInstanceUID)")
-    _config_argument(p)
-    p.add_argument("series", nargs="*", help="SeriesInstanceUIDs")
-    p.add_argument("--failed", action="store_true", help="all FAILED series")
-    p.add_argument("--since", help="series received since this date (YYYYMMDD) that another "
-                                   "model version than the active one analyzed")
-    p.set_defaults(func=_reprocess)
-
-
-def _reprocess(args: argparse.Namespace) -> int:
+def run_reprocess(args: argparse.Namespace) -> int:
     config = _load(args)
     index = Index(config.database.url)
     store = FileStore(config.storage.root, config.storage.min_free_bytes)
@@ -233,18 +195,3 @@ def _outdated(session: Session, since: str) -> list[ColumnElement[bool]]:
     return [Series.first_received_at >= start,
             Series.state.in_((SeriesState.DONE, SeriesState.FAILED)),
             or_(Series.model_version.is_(None), Series.model_version != version)]
-
-
-#: The node's sub-commands, registered on the ``bpr`` parser by :mod:`bpr.cli`.
-NODE_COMMANDS = (add_serve, add_index, add_reprocess)
-
-#: Set-up errors of the node's commands, reported in one line each (:func:`describe_error`).
-NODE_ERRORS: tuple[type[Exception], ...] = (ConfigError, SQLAlchemyError, OSError)
-
-
-def describe_error(exc: Exception) -> str:
-    """One line for a configuration, database or storage error (no traceback)."""
-    if isinstance(exc, SQLAlchemyError):
-        return f"index database error: {exc.__class__.__name__}: {exc.args[0]}"
-    # OSError: storage or database folder missing, unwritable, full.
-    return str(exc)

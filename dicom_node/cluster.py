@@ -9,7 +9,9 @@ row. A process is gone when its row is missing, when its heartbeat is older than
 
 Every analyzing process sweeps the index every ``series.sweep_seconds`` (:class:`Sweeper`):
 
-1. series PROCESSING by a gone process are QUEUED again (:func:`take_over_abandoned`);
+1. series PROCESSING by a gone process are QUEUED again (:func:`take_over_abandoned`), and
+   so are this process's own claims its pool dropped (a database outage between the claim
+   and the recorded result);
 2. series RECEIVING and quiet for longer than the quiet time plus two sweeps are QUEUED: the
    process whose timer should have done it is gone, or only receives (:func:`queue_overdue`);
    a series a live ``bpr backfill`` is still fetching waits for it;
@@ -109,15 +111,20 @@ class Membership:
                 log.warning("heartbeat failed", exc_info=True)
 
 
-def take_over_abandoned(index: Index, now: float | None = None) -> list[int]:
-    """QUEUE the PROCESSING series whose process is gone; their primary keys."""
+def take_over_abandoned(index: Index, now: float | None = None, *, me: str | None = None,
+                        busy: Callable[[int], bool] | None = None) -> list[int]:
+    """QUEUE the PROCESSING series whose process is gone, and those claimed by this process
+    (``me``) that its pool is not working on (``busy`` false: an analysis that ended in a
+    database outage before it could record its end); their primary keys."""
     at = time.time() if now is None else now
     taken = []
     with index.session() as session:
         processes = {p.id: p for p in session.scalars(select(NodeProcess))}
         for series in session.scalars(select(Series).where(
                 Series.state == SeriesState.PROCESSING)):
-            if is_gone(processes.get(series.claimed_by or ""), at):
+            mine_idle = (me is not None and series.claimed_by == me and busy is not None
+                         and not busy(series.id))
+            if mine_idle or is_gone(processes.get(series.claimed_by or ""), at):
                 abandoned_requeued(series)
                 taken.append(series.id)
     if taken:
@@ -159,18 +166,25 @@ class Sweeper:
     quiet_seconds, sweep_seconds : float
     submit : callable
         Receives the primary key of each QUEUED series (the local pool claims it).
+    me : str, optional
+        This process's id; with ``busy``, its own claims the pool dropped are taken back.
+    busy : callable, optional
+        Whether the local pool is working on a series.
     """
 
     def __init__(self, index: Index, quiet_seconds: float, sweep_seconds: float,
-                 submit: Callable[[int], None]) -> None:
+                 submit: Callable[[int], None], *, me: str | None = None,
+                 busy: Callable[[int], bool] | None = None) -> None:
         self.index = index
         self.quiet_seconds = quiet_seconds
         self.sweep_seconds = sweep_seconds
         self.submit = submit
+        self.me = me
+        self.busy = busy
 
     def sweep(self) -> int:
         """One sweep; the number of QUEUED series offered."""
-        take_over_abandoned(self.index)
+        take_over_abandoned(self.index, me=self.me, busy=self.busy)
         queue_overdue(self.index, self.quiet_seconds, 2 * self.sweep_seconds)
         with self.index.session() as session:
             pks = list(session.scalars(select(Series.id).where(

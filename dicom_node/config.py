@@ -10,13 +10,24 @@ Relative paths are resolved against the folder of the configuration file.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from dicom_node.config_operations import (
+    AdaptationConfig,
+    BackfillConfig,
+    WebConfig,
+    adaptation_problems,
+    backfill_problems,
+    web_problems,
+)
 
 #: The permissions a peer can hold (one per DIMSE service it may request from us).
 Permission = Literal["store", "find", "move", "get"]
@@ -167,80 +178,10 @@ class SecurityConfig:
     require_known_peers: bool = True
     #: Reject associations whose called AE title is not ``network.ae_title``.
     check_called_ae: bool = True
+    #: Accept C-ECHO from any AE title, also unlisted ones (a verification carries no data;
+    #: ``echoscu`` works before its title is listed). Every other service stays refused.
+    always_allow_echo: bool = True
     tls: TLSConfig = field(default_factory=TLSConfig)
-
-
-@dataclass(frozen=True)
-class AdaptationConfig:
-    """Self-supervised fine-tuning on the series the node analyzed (``bpr adapt``).
-
-    A run starts on ``schedule`` when at least ``min_new_series`` series were analyzed since
-    the last run; it runs ``bpr adapt --config`` as a separate process at low priority and
-    under a memory cap, so receiving and analysis keep their speed, and activates the
-    candidate only when no guard metric got worse (``bpr models`` lists and rolls back).
-    """
-
-    #: Run adaptation on the schedule (off: only ``bpr adapt`` by hand).
-    enabled: bool = False
-    #: When to check for a run: a crontab line (minute hour day month weekday), node-local UTC.
-    schedule: str = "0 2 * * 6"
-    #: Series analyzed since the last run needed before the next one starts.
-    min_new_series: int = 50
-    #: At most this many series (newest first) are read per run.
-    max_series: int = 500
-    #: Optimizer steps of one run (~1.6 s each on two cores).
-    steps: int = 400
-    #: CPU threads of the run's torch.
-    threads: int = 1
-    #: Share of the patients held out to judge the candidate.
-    holdout_fraction: float = 0.25
-    #: Fewer qualifying patients end the run without a candidate.
-    min_patients: int = 8
-    #: Niceness of the run's process (0-19; 19: runs only when nothing else wants the CPU).
-    nice: int = 19
-    #: Address-space cap of the run's process in MiB (0: none); it fails cleanly beyond it.
-    memory_limit_mb: int = 6144
-    #: Also compare the validation LMSE on ``../shared/data`` when that folder exists
-    #: (development machines; a site has no such data and relies on the guard metrics).
-    validate_on_shared_data: bool = True
-
-
-@dataclass(frozen=True)
-class BackfillConfig:
-    """``bpr backfill``: fetching a peer's archive (its options override these per run)."""
-
-    #: Series retrieves started per second at most (0: no limit).
-    rate: float = 0.5
-    #: Series retrieved at once.
-    concurrency: int = 1
-    #: A series the peer fails to deliver is tried this often, then FAILED with the reason.
-    max_attempts: int = 5
-    #: Delay before the first retry; doubled per attempt up to ``max_delay_s``.
-    initial_delay_s: float = 30.0
-    max_delay_s: float = 1800.0
-    #: Retrieve with C-GET instead of C-MOVE (also used when the peer answers that it does
-    #: not know this node as a move destination).
-    use_c_get: bool = False
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """The operator's HTTP view: ``/healthz``, ``/metrics`` and read-only series pages."""
-
-    #: Serve it (its own port, beside DICOM).
-    enabled: bool = True
-    #: Interface; the default keeps it on this machine (0.0.0.0 in the container image).
-    host: str = "127.0.0.1"
-    port: int = 8080
-    #: Show patient names and IDs on the pages (masked otherwise).
-    show_phi: bool = False
-    #: Require ``Authorization: Bearer <token>`` on every page but ``/healthz`` (empty: none).
-    bearer_token: str = ""
-    #: Or HTTP basic auth with this user and password (both empty: none).
-    basic_user: str = ""
-    basic_password: str = ""
-    #: Series per page of the list.
-    page_size: int = 100
 
 
 @dataclass(frozen=True)
@@ -275,18 +216,54 @@ class NodeConfig:
         return next((p for p in self.peers if p.ae_title == wanted), None)
 
 
-def load_config(path: Path | None) -> NodeConfig:
-    """Read and validate ``config.yaml`` (None: all defaults, paths relative to the cwd)."""
-    if path is None:
-        return _validate(NodeConfig())
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+#: Environment variables that override one option each: what a container sets (the Docker
+#: image sets the hosts, the storage root and the database URL). Values are read as YAML
+#: scalars and validated like the file's.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "BPR_AE_TITLE": ("network", "ae_title"),
+    "BPR_HOST": ("network", "host"),
+    "BPR_PORT": ("network", "port"),
+    "BPR_STORAGE_ROOT": ("storage", "root"),
+    "BPR_DATABASE_URL": ("database", "url"),
+    "BPR_WEB_HOST": ("web", "host"),
+    "BPR_WEB_PORT": ("web", "port"),
+}
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read and validate ``config.yaml`` (None: all defaults, paths relative to the cwd),
+    with the :data:`ENV_OVERRIDES` found in ``environ`` (default: ``os.environ``) applied."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    raw = apply_env_overrides(raw, os.environ if environ is None else environ)
     config = _build(NodeConfig, raw, "")
-    return _validate(_resolve_paths(config, path.parent.resolve()))
+    base = path.parent.resolve() if path is not None else Path.cwd()
+    return _validate(_resolve_paths(config, base))
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``raw`` with the options of :data:`ENV_OVERRIDES` set from ``environ`` (a copy)."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for variable, (section, option) in ENV_OVERRIDES.items():
+        if variable not in environ:
+            continue
+        try:
+            value = yaml.safe_load(environ[variable]) if environ[variable] else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{variable}: not a value ({exc})") from exc
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{section}: expected a mapping")
+        # a URL or path stays text even where YAML would read a number
+        target[option] = value if isinstance(value, int) and option == "port" else str(
+            environ[variable])
+    return merged
 
 
 def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
@@ -371,27 +348,6 @@ def _resolve_paths(config: NodeConfig, base: Path) -> NodeConfig:
         security=dataclasses.replace(config.security, tls=tls))
 
 
-def _adaptation_problems(adaptation: AdaptationConfig) -> list[str]:
-    from apscheduler.triggers.cron import CronTrigger
-
-    problems = []
-    try:
-        CronTrigger.from_crontab(adaptation.schedule)
-    except ValueError as exc:
-        problems.append(f"adaptation.schedule: {adaptation.schedule!r} is not a crontab line "
-                        f"({exc})")
-    for name in ("min_new_series", "max_series", "steps", "threads", "min_patients"):
-        if getattr(adaptation, name) < 1:
-            problems.append(f"adaptation.{name} must be at least 1")
-    if not 0 < adaptation.holdout_fraction < 1:
-        problems.append("adaptation.holdout_fraction must lie between 0 and 1")
-    if not 0 <= adaptation.nice <= 19:
-        problems.append("adaptation.nice must lie in 0-19")
-    if adaptation.memory_limit_mb < 0:
-        problems.append("adaptation.memory_limit_mb must be 0 or positive")
-    return problems
-
-
 def _validate(config: NodeConfig) -> NodeConfig:
     problems: list[str] = []
     net = config.network
@@ -449,23 +405,9 @@ def _validate(config: NodeConfig) -> NodeConfig:
         if tls.require_client_certificate and (
                 tls.ca_certificates is None or not tls.ca_certificates.is_file()):
             problems.append("security.tls.ca_certificates: required to check client certificates")
-    problems += _adaptation_problems(config.adaptation)
-    web = config.web
-    if not 0 <= web.port < 65536:
-        problems.append(f"web.port: {web.port} is not a TCP port")
-    if web.enabled and web.port == config.network.port and web.host == config.network.host:
-        problems.append("web.port: the DICOM port (network.port) is taken")
-    if bool(web.basic_user) != bool(web.basic_password):
-        problems.append("web: basic_user and basic_password go together")
-    if web.page_size < 1:
-        problems.append("web.page_size must be at least 1")
-    fill = config.backfill
-    if fill.rate < 0 or fill.concurrency < 1 or fill.max_attempts < 1:
-        problems.append("backfill: rate must be 0 or positive, concurrency and max_attempts "
-                        "at least 1")
-    if fill.initial_delay_s <= 0 or fill.max_delay_s < fill.initial_delay_s:
-        problems.append("backfill: initial_delay_s must be positive and max_delay_s at least "
-                        "initial_delay_s")
+    problems += adaptation_problems(config.adaptation)
+    problems += backfill_problems(config.backfill)
+    problems += web_problems(config.web, (net.host, net.port))
     if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"logging.level: {config.logging.level!r} is not a log level")
     if problems:

@@ -285,6 +285,10 @@ def make_engine(url: str) -> Engine:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+    else:
+        # a server restart leaves dead connections in the pool: test each before use, so the
+        # node recovers by itself when the database is back
+        kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node.headers import identifying_uids, integer, text
@@ -92,6 +92,11 @@ def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, sour
                 Instance.sop_instance_uid == ids["SOPInstanceUID"])).one()
             series = existing.series
             return IngestResult(series.id, existing.id, True, series.state, received_at)
+    except SQLAlchemyError:
+        # The database went away, maybe during the COMMIT, whose outcome is then unknown: the
+        # file stays (a committed row must never point at a deleted file), the sender is told
+        # to resend, and start-up recovery indexes the file or removes it as a duplicate.
+        raise
     except BaseException:
         if written:
             store.delete(relative)

@@ -1,16 +1,56 @@
 """Who may do what: peer permissions, the association checks, and TLS.
 
-Association-level checks (calling AE allow-list, called AE title, association limit) are
-pynetdicom settings applied by :func:`dicom_node.application_entity.build_ae`; per-service
-permissions are checked in each handler with :func:`allowed`; a handler answers
-:data:`~dicom_node.statuses.NOT_AUTHORIZED` when it is false.
+Association-level checks: the called AE title and the association limit are pynetdicom
+settings applied by :func:`dicom_node.application_entity.build_ae`; the calling AE allow-list
+is :func:`calling_ae_gate`, which also lets anyone verify the connection (C-ECHO) when
+``security.always_allow_echo`` is on, as Orthanc's ``DicomAlwaysAllowEcho`` does: a
+verification carries no data. Per-service permissions are checked in each handler with
+:func:`allowed`; a handler answers :data:`~dicom_node.statuses.NOT_AUTHORIZED` when it is
+false.
 """
 
 from __future__ import annotations
 
 import ssl
 
+from pynetdicom import evt
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 from dicom_node.config import NodeConfig, Permission
+from dicom_node.headers import ae_title
+
+#: A-ASSOCIATE-RJ: rejected-permanent, service-user, "calling AE title not recognised".
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+def calling_ae_gate(config: NodeConfig) -> EventHandlerType:
+    """The ``EVT_REQUESTED`` handler that refuses unknown calling AE titles.
+
+    With ``security.require_known_peers`` an association from an AE title not listed in
+    ``peers`` is rejected ("calling AE title not recognised"), unless
+    ``security.always_allow_echo`` is on and it proposes Verification only. A peer that is
+    let in that way can do nothing but C-ECHO.
+    """
+    known = {p.ae_title for p in config.peers}
+    verification = str(Verification)
+
+    def gate(event: Event) -> None:
+        if not config.security.require_known_peers:
+            return
+        request = event.assoc.requestor.primitive
+        if request is None or ae_title(request.calling_ae_title) in known:
+            return
+        proposed = {str(cx.abstract_syntax) for cx in
+                    request.presentation_context_definition_list}
+        if config.security.always_allow_echo and proposed == {verification}:
+            return
+        event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+        # as pynetdicom's own rejection does: the DUL sends the A-ASSOCIATE-RJ before the
+        # connection closes
+        event.assoc.kill()
+
+    return (evt.EVT_REQUESTED, gate)
 
 
 def allowed(config: NodeConfig, calling_ae: str, permission: Permission) -> bool:

@@ -78,7 +78,8 @@ class Node:
         self.tracker = SeriesTracker(self.index, self.scheduler, config.series.quiet_seconds,
                                      self.worker.submit if analyzes else _leave_to_workers)
         self.sweeper = (Sweeper(self.index, config.series.quiet_seconds,
-                                config.series.sweep_seconds, self.worker.submit)
+                                config.series.sweep_seconds, self.worker.submit,
+                                me=self.membership.id, busy=self.worker.busy)
                         if analyzes else None)
         self.forwarder = Forwarder(self.index, self.store, config)
         self.store_service = StoreService(self.index, self.store, config,

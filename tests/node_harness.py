@@ -151,14 +151,15 @@ def analyzed_count(index: Index) -> int:
 
 
 def simulated_site(folder: Path, manifest_ids: Sequence[str], *,
-                   adaptation: dict[str, Any], timeout: float = 900) -> Path:
+                   adaptation: dict[str, Any], pixel_step: int = 1,
+                   timeout: float = 900) -> Path:
     """A node in ``folder`` that received the volumes ``manifest_ids`` (one patient each) from
     DCMTK ``storescu`` and analyzed them; returns its configuration file (node stopped),
     whose ``adaptation`` section holds ``adaptation``."""
     port = free_port()
     config_path = write_config(folder, port, adaptation=adaptation)
     files = [f for i, name in enumerate(manifest_ids)
-             for f in real_ct_series(folder / "dicom" / name, name, pixel_step=1,
+             for f in real_ct_series(folder / "dicom" / name, name, pixel_step=pixel_step,
                                      patient_id=f"SITE-{i}")]
     index = Index(f"sqlite:///{folder / 'index.sqlite'}")
     try:

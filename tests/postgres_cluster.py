@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from tests.needs import missing
 from tests.node_harness import free_port
@@ -122,7 +123,8 @@ def postgres_cluster() -> Iterator[str]:
 def fresh_database(cluster: str) -> Iterator[str]:
     """A new, empty database of the cluster, dropped afterwards; its URL."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(cluster, isolation_level="AUTOCOMMIT")
+    # no pool: a test may restart the server in between
+    admin = create_engine(cluster, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:

@@ -87,3 +87,21 @@ def test_no_function_is_over_the_limit(package: str) -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(REPO)}:{node.lineno} {node.name}"] = lines
     assert not long
+
+
+def test_the_command_line_starts_without_the_node_libraries() -> None:
+    """``bpr predict`` must not pay for the node's database, network and web imports."""
+    probe = ("import sys, bpr.cli\n"
+             "print('\\n'.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                check=True, cwd=REPO).stdout.split())
+    assert "bpr.cli" in loaded
+    assert not {"sqlalchemy", "pynetdicom", "starlette", "uvicorn", "prometheus_client",
+                "apscheduler", "dicom_node.cli", "dicom_node.index"} & loaded
+
+
+def test_the_state_choices_follow_the_state_machine() -> None:
+    from dicom_node.commands import SERIES_STATES
+    from dicom_node.index import SeriesState
+
+    assert tuple(s.value for s in SeriesState) == SERIES_STATES

@@ -35,7 +35,8 @@ def test_build_ae_applies_the_configuration(tmp_path: Path) -> None:
     }, tmp_path)
     ae = build_ae(config)
     assert (ae.ae_title, ae.maximum_associations, ae.dimse_timeout) == ("NODE_X", 3, 7)
-    assert ae.require_called_aet and ae.require_calling_aet == ["PACS", "CT1"]
+    # the calling AE allow-list is the association gate of dicom_node.security (C-ECHO policy)
+    assert ae.require_called_aet and ae.require_calling_aet == []
     assert ae.requested_contexts == []
     supported = {str(cx.abstract_syntax): cx for cx in ae.supported_contexts}
     assert Verification in supported and StudyRootQueryRetrieveInformationModelGet in supported

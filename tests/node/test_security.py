@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 from sqlalchemy import func, select
 
@@ -151,9 +152,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def test_unknown_calling_ae_is_rejected_at_association(served: Served) -> None:
-    assoc = associate(served.port, "STRANGER")
-    assert not assoc.is_established
-    assert rejection(assoc) == REJECT_CALLING_AE
+    for contexts in ((CTImageStorage,), (Verification, CTImageStorage)):
+        assoc = associate(served.port, "STRANGER", *contexts)
+        assert not assoc.is_established
+        assert rejection(assoc) == REJECT_CALLING_AE
+
+
+def test_anyone_may_verify_the_connection(served: Served) -> None:
+    # security.always_allow_echo (default): a verification carries no data
+    assert echo(served.port, "STRANGER") == SUCCESS
+
+
+def test_echo_from_unknown_peers_can_be_refused_too(tmp_path: Path) -> None:
+    raw = node_config(tmp_path, security={"always_allow_echo": False})
+    with running(tmp_path, raw) as node:
+        assert rejection(associate(node.port, "STRANGER")) == REJECT_CALLING_AE
+        assert echo(node.port, "FULL") == SUCCESS
 
 
 def test_wrong_called_ae_is_rejected_when_checked(served: Served) -> None:
@@ -171,7 +185,7 @@ def test_wrong_called_ae_is_accepted_when_not_checked(tmp_path: Path) -> None:
     with running(tmp_path, raw) as node:
         assert echo(node.port, "FULL", called="SOMEONE_ELSE") == SUCCESS
         # The calling AE allow-list still applies.
-        assert rejection(associate(node.port, "STRANGER")) == REJECT_CALLING_AE
+        assert rejection(associate(node.port, "STRANGER", CTImageStorage)) == REJECT_CALLING_AE
 
 
 # -- per-service permissions -----------------------------------------------------------------
