@@ -231,12 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for s in (*STAGES, "total")]
         rows += [Row("pydicom dcmread, header only", "ms/file", dcmread_ms(files, False)),
                  Row("pydicom dcmread + pixel_array", "ms/file", dcmread_ms(files, True))]
-        imports = ("import torch, pydicom, model.cli, model.scoring.inference, model.reading.load,"
-                   " model.cli.output")
+        imports = ("import torch, pydicom, bpr.cli, model.scoring.inference, model.reading.load,"
+                   " model.cli.output, model.interpretation.analysis")
         rows.append(Row("CLI interpreter start + imports", "s",
                         subprocess_seconds([sys.executable, "-c", imports], args.repeats)))
         if DEFAULT_WEIGHTS.exists() and DEFAULT_META.exists():
-            cli = [sys.executable, "-m", "model.cli", "predict", str(folder),
+            # the command users run: the node's commands are registered too
+            cli = [sys.executable, "-m", "bpr", "predict", str(folder),
                    "--out", str(Path(tmp) / "cli.json"), "--threads", str(args.threads)]
             rows.append(Row("bpr predict CLI (subprocess), total", "s",
                             subprocess_seconds(cli, args.repeats)))

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import spearmanr
 
+from model.interpretation.rank_correlation import spearman_rho
 from model.interpretation.sanity import Anomaly, AnomalyCode, Severity
 
 
@@ -191,7 +191,7 @@ def _side(z: npt.NDArray[np.float64], s: npt.NDArray[np.float64], first: int, la
     zk, sk = z[part][keep], s[part][keep]
     if zk.size < 3 or np.ptp(sk) == 0:
         return _Side(int(zk.size), float(np.ptp(zk)) if zk.size else 0.0, 0.0)
-    rho = float(spearmanr(zk, sk)[0])
+    rho = spearman_rho(zk, sk)
     return _Side(int(zk.size), float(np.ptp(zk)), rho if np.isfinite(rho) else 0.0)
 
 

@@ -192,3 +192,17 @@ def test_openkbp_padding_is_dropped_on_real_data(shared_data: Path) -> None:
     # slices with almost no tissue in the CT are the ones dropped as empty
     assert np.all(tissue[c.empty] < 2000) and np.all(tissue[~c.empty] > 500)
     assert 0 < c.empty.sum() < 20
+
+
+def test_spearman_rho_is_scipys_without_importing_scipy_stats() -> None:
+    from scipy.stats import spearmanr
+
+    from model.interpretation.rank_correlation import spearman_rho
+
+    rng = np.random.default_rng(0)
+    for n in (3, 7, 60, 400):
+        x = rng.integers(0, 9, n).astype(float)  # many ties
+        y = rng.normal(size=n)
+        y[: n // 3] = 1.0
+        assert spearman_rho(x, y) == pytest.approx(float(spearmanr(x, y)[0]), abs=1e-12)
+    assert np.isnan(spearman_rho(np.arange(5.0), np.ones(5)))
