@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
 from dicom_node.adaptation import limit_this_process, run_adaptation
-from dicom_node.cli import load_node_config
+from dicom_node.cli import load_node_config, print_table
 from dicom_node.config import ConfigError
 from dicom_node.index import Index, ModelVersion
 from dicom_node.model_versions import ModelVersionError, activate, record_base, rollback
@@ -119,11 +119,6 @@ def _print_models(rows: list[dict[str, object]], fmt: str) -> None:
         json.dump(rows, sys.stdout, indent=1, allow_nan=False)
         print()
         return
-    columns = ("active", "version", "parent", "created", "series", "patients", "promoted",
-               "reason")
-    cells = [[("*" if c == "active" and r[c] else "" if c == "active" or r[c] is None
-               else str(r[c])) for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    print_table([{**r, "active": "*" if r["active"] else ""} for r in rows],
+                ("active", "version", "parent", "created", "series", "patients", "promoted",
+                 "reason"))

@@ -41,6 +41,7 @@ from dicom_node.model_versions import (
     active_weights,
     analyses_since_last_run,
     install_weights,
+    record_base,
 )
 from dicom_node.storage import FileStore
 from model.api import AdaptReport, AdaptSeries, AdaptSettings, adapt_model
@@ -101,7 +102,7 @@ def run_adaptation(index: Index, store: FileStore, config: NodeConfig, *,
         When too few patients have a qualifying series (nothing is recorded).
     """
     settings = config.adaptation
-    parent, base_weights = active_weights(index, store, config)
+    parent, base_weights = active_weights(index, store, config, record_base(index, config))
     series = adaptation_series(index, store, settings.max_series)
     run_dir = out_dir or store.root / RUNS_FOLDER / dt.datetime.now(UTC).strftime(
         "%Y%m%dT%H%M%SZ")

@@ -26,7 +26,7 @@ from dicom_node.headers import read_header
 from dicom_node.index import Index, Region, Series, SeriesState
 from dicom_node.ingest import ingest
 from dicom_node.metrics import NodeMetrics
-from dicom_node.model_versions import active_weights
+from dicom_node.model_versions import active_weights, record_base
 from dicom_node.series_state import analysis_finished, claim
 from dicom_node.sr import build_sr
 from dicom_node.storage import FileStore
@@ -78,6 +78,7 @@ class AnalysisWorker:
         self._model = model
         self._pinned = model is not None
         self._model_version: str | None = None
+        self._base_version: str | None = None
         self._model_lock = threading.Lock()
 
     def model(self) -> Model:
@@ -86,7 +87,10 @@ class AnalysisWorker:
         with self._model_lock:
             if self._pinned and self._model is not None:
                 return self._model
-            version, weights = active_weights(self.index, self.store, self.config)
+            if self._base_version is None:  # once: it reads the weights' JSON
+                self._base_version = record_base(self.index, self.config)
+            version, weights = active_weights(self.index, self.store, self.config,
+                                              self._base_version)
             if self._model is None or version != self._model_version:
                 log.info("loading model %s", version)
                 self._model = load_model(weights, threads=self.config.series.torch_threads)

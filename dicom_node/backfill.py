@@ -281,9 +281,6 @@ class Backfill:
                 time.sleep(wait)
             self._started_last = time.monotonic()
 
-    def _eligible(self) -> Any:
-        return select(BackfillJob).where(BackfillJob.peer == self.peer.ae_title)
-
     def _claim_next(self) -> int | None:
         """PENDING (due) or FETCHING by a gone process → FETCHING by us; its id."""
         now = time.time()
@@ -294,7 +291,8 @@ class Backfill:
                 if started >= self.request.max_series:
                     return None
             processes = {p.id: p for p in session.scalars(select(NodeProcess))}
-            candidates = session.scalars(self._eligible().where(
+            candidates = session.scalars(select(BackfillJob).where(
+                BackfillJob.peer == self.peer.ae_title,
                 ((BackfillJob.state == BackfillState.PENDING)
                  & (BackfillJob.next_attempt_at <= now))
                 | (BackfillJob.state == BackfillState.FETCHING))

@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
 from types import FrameType
@@ -129,14 +130,18 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    columns = ("series_instance_uid", "study_date", "modality", "state", "original_body_part",
-               "corrected_body_part", "sanity_flags", "instances")
+    print_table(rows, ("series_instance_uid", "study_date", "modality", "state",
+                       "original_body_part", "corrected_body_part", "sanity_flags", "instances"))
+    print(f"{len(rows)} series")
+
+
+def print_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> None:
+    """Rows as left-aligned text columns under their names (None prints empty)."""
     cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    print(f"{len(rows)} series")
 
 
 def run_reprocess(args: argparse.Namespace) -> int:

@@ -64,9 +64,10 @@ def active_row(session: Session) -> ModelVersion | None:
                            .order_by(ModelVersion.id.desc())).first()
 
 
-def active_weights(index: Index, store: FileStore, config: NodeConfig) -> tuple[str, Path | None]:
-    """Version and weights of the active model (weights None: the shipped model)."""
-    base = record_base(index, config)
+def active_weights(index: Index, store: FileStore, config: NodeConfig, base: str
+                   ) -> tuple[str, Path | None]:
+    """Version and weights of the active model (weights None: the shipped model); ``base``
+    is the version :func:`record_base` returned."""
     with index.session() as session:
         row = active_row(session)
         if row is None or row.weights_path is None:

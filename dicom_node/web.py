@@ -22,7 +22,7 @@ import datetime as dt
 import hmac
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from html import escape
 from typing import Any
@@ -30,13 +30,22 @@ from urllib.parse import urlencode
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import aliased
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from dicom_node.config import NodeConfig
-from dicom_node.index import ForwardJob, Index, Instance, Series, SeriesState, Study
+from dicom_node.index import (
+    ForwardJob,
+    ForwardState,
+    Index,
+    Instance,
+    Series,
+    SeriesState,
+    Study,
+)
 from dicom_node.metrics import NodeMetrics
 from dicom_node.storage import FileStore
 from model.api import curve_png
@@ -148,15 +157,27 @@ class _Pages:
         if filters["until"]:
             query = query.where(Study.study_date <= filters["until"])
         with self.index.session() as session:
-            rows = [self._row(session, s, st) for s, st in session.execute(query)]
+            rows = self._rows(session, [(s, st) for s, st in session.execute(query)])
         return HTMLResponse(_page("Series", _filter_form(filters) + _series_table(rows)))
 
-    def _row(self, session: Any, series: Series, study: Study) -> dict[str, str]:
-        forwards = dict(session.execute(
-            select(ForwardJob.state, func.count(ForwardJob.id)).join(Instance)
-            .join(Series, Instance.series_pk == Series.id)
-            .where(Series.source_series_pk == series.id)
-            .group_by(ForwardJob.state)).all())
+    def _rows(self, session: Any, found: Sequence[tuple[Series, Study]]
+              ) -> list[dict[str, str]]:
+        """Table rows of the series in ``found``, with the forward states of their SRs (one
+        query for all of them)."""
+        forwards: dict[int, dict[ForwardState, int]] = {}
+        sr = aliased(Series)
+        counted = session.execute(
+            select(sr.source_series_pk, ForwardJob.state, func.count(ForwardJob.id))
+            .join(Instance, ForwardJob.instance_pk == Instance.id)
+            .join(sr, Instance.series_pk == sr.id)
+            .where(sr.source_series_pk.in_([s.id for s, _st in found]))
+            .group_by(sr.source_series_pk, ForwardJob.state))
+        for source, state, n in counted:
+            forwards.setdefault(source, {})[state] = n
+        return [self._row(s, st, forwards.get(s.id, {})) for s, st in found]
+
+    def _row(self, series: Series, study: Study,
+             forwards: Mapping[ForwardState, int]) -> dict[str, str]:
         return {
             "id": str(series.id),
             "received": _time(series.first_received_at),
@@ -181,7 +202,7 @@ class _Pages:
                 return HTMLResponse(_page("Not found", "<p>No such series.</p>"),
                                     status_code=404)
             series, study = found
-            row = self._row(session, series, study)
+            row = self._rows(session, [(series, study)])[0]
             document = json.loads(series.result_json) if series.result_json else None
             regions = [(r.name, r.first_slice, r.last_slice, r.z_min_mm, r.z_max_mm)
                        for r in series.regions]
