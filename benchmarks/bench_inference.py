@@ -4,11 +4,19 @@ Run from the repository root::
 
     python -m benchmarks.bench_inference [--slices 300] [--repeats 3] [--threads 2] [--json PATH]
 
-Every figure for our network stands beside the bpreg-style baseline (VGG16, random weights:
-speed does not depend on them) measured in the same run. ``gain`` says how many times better
-ours is: throughput ours / baseline, times and sizes baseline / ours. The end-to-end series
-is generated from a real NIfTI volume as uncompressed 16-bit 512² DICOM; it is read from the
-page cache, so the read figures exclude disk latency.
+Every figure stands beside its baseline, measured in the same run and named in brackets:
+
+* ``[VGG16]``: bpreg's network (random weights: speed does not depend on them) in the same
+  pipeline;
+* ``[pydicom floor]``: ``pydicom.dcmread`` + ``pixel_array`` of every file, one after the
+  other: what any reader built on pydicom pays before doing anything with the pixels;
+* ``[whole volume held]``: peak RSS of a process that reads the series into one full-
+  resolution float32 volume before scoring it (the reader before streaming).
+
+``gain`` says how many times better ours is: throughput ours / baseline, times and sizes
+baseline / ours. The end-to-end series is generated from a real NIfTI volume as uncompressed
+16-bit 512² DICOM; it is read from the page cache, so the read figures exclude disk latency.
+Use ``--slices 1000`` for a thin-slice series.
 """
 
 from __future__ import annotations
@@ -37,19 +45,21 @@ from model.cli.output import write_json
 from model.interpretation.analysis import AnalysisSettings, interpret
 from model.interpretation.postprocess import body_pixel_counts
 from model.paths import DEFAULT_META, DEFAULT_WEIGHTS, shared_data_dir
-from model.reading.load import load_volumes
+from model.reading.dicom import scan_dicom_series
+from model.reading.dicom_assembly import decode_slices
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring import preprocess
 from model.scoring.inference import INFERENCE_BATCH, BodyPartRegressor, ModelMeta, SliceScores
 from model.scoring.network import STAGE_CHANNELS, SliceScoreNet, VGG16Baseline, count_parameters
+from model.scoring.streaming import CHUNK_SLICES, stream_series
 from tests.dicom_factory import write_ct_series
 
 #: Default source of the synthetic DICOM series (a chest CT).
 DEFAULT_SOURCE = shared_data_dir() / "ct" / "lidc_0003.nii.gz"
 #: In-plane field of view and matrix of the series: 400 mm / 512 px ≈ 0.78 mm pixels.
 FOV_MM, MATRIX = 400.0, 512
-STAGES = ("read", "preprocess", "network", "json")
+STAGES = ("headers", "decode + preprocess", "network", "json")
 
 
 @dataclass
@@ -128,19 +138,21 @@ def make_series(source: Path, n_slices: int, folder: Path) -> CTVolume:
 
 
 def run_pipeline(folder: Path, regressor: BodyPartRegressor, out: Path) -> dict[str, float]:
-    """One in-process ``bpr predict`` of ``folder``, timed per stage (as ``score_volume``)."""
+    """One in-process ``bpr predict`` of ``folder``, timed per stage (as ``analyze_plan``)."""
     t = [time.perf_counter()]
-    loaded = load_volumes(folder)
-    if loaded.errors or len(loaded.volumes) != 1:
-        raise RuntimeError(f"expected one clean series in {folder}: {loaded.errors}")
-    volume = loaded.volumes[0]
+    scan = scan_dicom_series(sorted(folder.iterdir()))
+    if scan.errors or len(scan.plans) != 1:
+        raise RuntimeError(f"expected one clean series in {folder}: {scan.errors}")
     t.append(time.perf_counter())
-    slices = preprocess.preprocess_slices(volume.hu, volume.pixel_spacing_mm)
+    errors: list[str] = []
+    streamed = stream_series(scan.plans[0], errors)
     t.append(time.perf_counter())
-    raw = regressor.raw_scores(slices)
-    result = SliceScores(z_mm=volume.z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
+    raw = regressor.raw_scores(streamed.slices)
+    series = streamed.description
+    result = SliceScores(z_mm=series.z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
     t.append(time.perf_counter())
-    analysis = interpret(volume, result, body_pixel_counts(slices), regressor, AnalysisSettings())
+    analysis = interpret(series, result, body_pixel_counts(streamed.slices), regressor,
+                         AnalysisSettings(), sample=streamed.sample)
     write_json(analysis.to_json_dict(), out)
     t.append(time.perf_counter())
     return dict(zip(STAGES, np.diff(t).tolist(), strict=True))
@@ -153,6 +165,46 @@ def time_pipeline(folder: Path, regressor: BodyPartRegressor, out: Path,
     runs = [run_pipeline(folder, regressor, out) for _ in range(repeats)]
     medians = {s: statistics.median(r[s] for r in runs) for s in STAGES}
     return {**medians, "total": statistics.median(sum(r.values()) for r in runs)}
+
+
+def read_seconds(files: Sequence[Path]) -> float:
+    """Seconds to read ``files`` to HU as ``bpr predict`` does: headers, then every frame
+    decoded chunk by chunk into one reused buffer (no preprocessing)."""
+    start = time.perf_counter()
+    plan = scan_dicom_series(files).plans[0]
+    chunk = np.empty((min(len(plan.frames), CHUNK_SLICES), *plan.shape), np.float32)
+    for first in range(0, len(plan.frames), CHUNK_SLICES):
+        decode_slices(plan, first, chunk[:len(plan.frames) - first], [])
+    return time.perf_counter() - start
+
+
+#: Child process that runs one way of predicting a folder and reports its peak RSS.
+_RSS_CHILD = """
+import sys
+from pathlib import Path
+mode, folder, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+if mode == "streamed":
+    from bpr.cli import main
+    rc = main(["predict", str(folder), "--out", str(out), "--threads", sys.argv[4]])
+else:  # the whole volume in memory at full resolution, as the reader did before streaming
+    import torch
+    torch.set_num_threads(int(sys.argv[4]))
+    from model.interpretation.analysis import analyze
+    from model.reading.load import load_volumes
+    analyze(load_volumes(folder).volumes[0])
+    rc = 0
+# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec
+hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM")]
+print(hwm[0].split()[1])
+sys.exit(rc)
+"""
+
+
+def peak_rss_mb(mode: str, folder: Path, out: Path, threads: int) -> float:
+    """Peak resident memory (MB) of a fresh process predicting ``folder`` in ``mode``."""
+    done = subprocess.run([sys.executable, "-c", _RSS_CHILD, mode, str(folder), str(out),
+                           str(threads)], check=True, capture_output=True, text=True)
+    return int(done.stdout.split()[-1]) / 1024  # VmHWM is in kB
 
 
 def dcmread_ms(files: Sequence[Path], pixels: bool) -> float:
@@ -176,10 +228,10 @@ def render(rows: Sequence[Row]) -> str:
     def fmt(v: float | None) -> str:
         return "—" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
-    lines = [f"{'figure':<40} {'unit':<9} {'ours':>12} {'bpreg VGG16':>12} {'gain':>8}"]
+    lines = [f"{'figure [baseline]':<50} {'unit':<9} {'ours':>12} {'baseline':>12} {'gain':>8}"]
     for r in rows:
         gain = "—" if r.gain is None else f"×{r.gain:.3g}"
-        lines.append(f"{r.label:<40} {r.unit:<9} {fmt(r.ours):>12} {fmt(r.baseline):>12} "
+        lines.append(f"{r.label:<50} {r.unit:<9} {fmt(r.ours):>12} {fmt(r.baseline):>12} "
                      f"{gain:>8}")
     return "\n".join(lines)
 
@@ -207,10 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return len(batch) / median_seconds(lambda: net(batch), args.repeats)
 
     rows = [
-        Row(f"network, batch {len(batch)}", "slices/s", throughput(ours_net),
+        Row(f"network, batch {len(batch)} [VGG16]", "slices/s", throughput(ours_net),
             throughput(base_net), higher_is_better=True),
-        Row("parameters", "count", count_parameters(ours_net), count_parameters(base_net)),
-        Row("weights file", "MB", weight_mb(ours_net), weight_mb(base_net)),
+        Row("parameters [VGG16]", "count", count_parameters(ours_net),
+            count_parameters(base_net)),
+        Row("weights file [VGG16]", "MB", weight_mb(ours_net), weight_mb(base_net)),
     ]
     notes = []
     with tempfile.TemporaryDirectory(prefix="bpr-bench-") as tmp:
@@ -227,10 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = BodyPartRegressor(cast(SliceScoreNet, base_net), meta)
         t_ours = time_pipeline(folder, ours, Path(tmp) / "ours.json", args.repeats)
         t_base = time_pipeline(folder, base, Path(tmp) / "base.json", args.repeats)
-        rows += [Row(f"predict {len(files)} slices: {s}", "s", t_ours[s], t_base[s])
+        n = len(files)
+        rows += [Row(f"predict {n} slices: {s} [VGG16]", "s", t_ours[s], t_base[s])
                  for s in (*STAGES, "total")]
-        rows += [Row("pydicom dcmread, header only", "ms/file", dcmread_ms(files, False)),
-                 Row("pydicom dcmread + pixel_array", "ms/file", dcmread_ms(files, True))]
+        floor = dcmread_ms(files, True) * n / 1e3
+        reads = [read_seconds(files) for _ in range(args.repeats + 1)][1:]
+        rows += [
+            Row(f"read {n} slices to HU [pydicom floor]", "s", statistics.median(reads), floor),
+            Row(f"predict {n} slices, total [pydicom floor]", "s", t_ours["total"], floor),
+            Row("pydicom dcmread, header only", "ms/file", dcmread_ms(files, False)),
+            Row("pydicom dcmread + pixel_array", "ms/file", floor / n * 1e3),
+        ]
         imports = ("import torch, pydicom, bpr.cli, model.scoring.inference, model.reading.load,"
                    " model.cli.output, model.interpretation.analysis")
         rows.append(Row("CLI interpreter start + imports", "s",
@@ -241,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "--out", str(Path(tmp) / "cli.json"), "--threads", str(args.threads)]
             rows.append(Row("bpr predict CLI (subprocess), total", "s",
                             subprocess_seconds(cli, args.repeats)))
+            out = Path(tmp) / "rss.json"
+            rows.append(Row("peak RSS of bpr predict [whole volume held]", "MB",
+                            peak_rss_mb("streamed", folder, out, args.threads),
+                            peak_rss_mb("whole", folder, out, args.threads)))
         else:
             notes.append(f"bpr predict CLI skipped: no shipped model at {DEFAULT_WEIGHTS}")
     print(render(rows))

@@ -31,7 +31,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from model.adaptation.records import AdaptError, AdaptReport, AdaptSeries, AdaptSettings
-from model.interpretation.analysis import AnalysisSettings, analyze
+from model.interpretation.analysis import AnalysisSettings, analyze_plan
 from model.interpretation.records import (
     Coded,
     FlagRecord,
@@ -41,7 +41,7 @@ from model.interpretation.records import (
     private_coding_scheme,
     volume_record,
 )
-from model.reading.dicom import read_dicom_series
+from model.reading.dicom import scan_dicom_series
 from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence, unclosed_items
 from model.reading.volume import CTInputError
 from model.scoring.inference import BodyPartRegressor, ModelMeta
@@ -160,14 +160,19 @@ def analyze_series(paths: Sequence[Path], model: Model | None = None,
     CTInputError
         When no CT volume can be assembled; the message lists the reader's reasons.
     """
-    read = read_dicom_series(paths)
-    if not read.volumes:
-        raise CTInputError(_summarize_errors(read.errors) or "no readable CT image in the series")
-    volumes = tuple(volume_record(analyze(volume, model, settings=settings),
-                                  tuple(volume.sop_instance_uids))
-                    for volume in read.volumes)
-    return SeriesAnalysis(volumes=volumes, headers=tuple(read.headers),
-                          read_errors=tuple(read.errors))
+    scan = scan_dicom_series(paths)
+    errors, volumes = list(scan.errors), []
+    for plan in scan.plans:
+        try:
+            result, series = analyze_plan(plan, errors, model, settings=settings)
+        except CTInputError as exc:
+            errors.append(str(exc))
+            continue
+        volumes.append(volume_record(result, tuple(series.sop_instance_uids)))
+    if not volumes:
+        raise CTInputError(_summarize_errors(errors) or "no readable CT image in the series")
+    return SeriesAnalysis(volumes=tuple(volumes), headers=tuple(scan.headers),
+                          read_errors=tuple(errors))
 
 
 def _summarize_errors(errors: Sequence[str]) -> str:

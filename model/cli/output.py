@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.reading.volume import CTVolume
+from model.reading.volume import CTVolume, SeriesDescription
 
 
-def output_name(volume: CTVolume, index: int) -> str:
+def output_name(volume: CTVolume | SeriesDescription, index: int) -> str:
     """A file name that never contains peer-controlled text: NIfTI stem or a hash of the UID."""
     if volume.series_instance_uid is None:
         stem = Path(volume.source).name.removesuffix(".gz").removesuffix(".nii")

@@ -12,10 +12,12 @@ import torch
 from tqdm import tqdm
 
 from model.paths import DEFAULT_WEIGHTS
-from model.reading.volume import CTInputError
+from model.reading.volume import CTInputError, CTVolume, SeriesDescription
 
 if TYPE_CHECKING:
     from model.interpretation.analysis import BodyPartResult
+    from model.reading.dicom_assembly import SeriesPlan
+    from model.scoring.inference import BodyPartRegressor
 
 
 def add_predict_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,46 +35,68 @@ def add_predict_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def run_predict_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr predict``; returns the exit status (1 if any input failed)."""
-    from model.cli.output import output_name, write_json
-    from model.interpretation.analysis import analyze
-    from model.reading.load import load_volumes
+    from model.reading.load import scan_input
     from model.scoring.inference import BodyPartRegressor
 
     if args.threads:
         torch.set_num_threads(args.threads)
     regressor = BodyPartRegressor.load(args.model)
     failures = 0
-    volumes = []
+    series: list[Path | SeriesPlan] = []
     for path in args.inputs:
         try:
-            loaded = load_volumes(path)
+            scan = scan_input(path)
         except CTInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        for err in loaded.errors:
+        for err in scan.errors:
             print(f"error: {err}", file=sys.stderr)
-        failures += len(loaded.errors)
-        volumes += loaded.volumes
-    if not volumes:
+        failures += len(scan.errors)
+        series += [*scan.nifti, *scan.plans]
+    if not series:
         print("error: no CT series found in the inputs", file=sys.stderr)
         return 1
-    single = len(volumes) == 1 and args.out.suffix.lower() == ".json"
-    for i, volume in enumerate(tqdm(volumes, desc="predict", unit="series",
-                                    disable=len(volumes) < 2)):
-        try:
-            result = analyze(volume, regressor)
-        except (ValueError, RuntimeError) as exc:
-            print(f"error: {volume.source}: scoring failed: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        target = args.out if single else args.out / output_name(volume, i)
-        write_json(result.to_json_dict(), target)
-        if args.plot:
-            _plot_result(result, target.with_suffix(".png"))
-        print(f"{volume.identity}: {volume.n_slices} slices, "
-              f"{result.body_part_examined or 'no term'} -> {target}")
+    single = len(series) == 1 and args.out.suffix.lower() == ".json"
+    for i, item in enumerate(tqdm(series, desc="predict", unit="series",
+                                  disable=len(series) < 2)):
+        failures += _predict_one(item, regressor, args, None if single else i)
     return 1 if failures else 0
+
+
+def _predict_one(item: Path | SeriesPlan, regressor: BodyPartRegressor,
+                 args: argparse.Namespace, index: int | None) -> int:
+    """Score one NIfTI file or DICOM series and write its JSON; returns the failures."""
+    from model.cli.output import output_name, write_json
+    from model.interpretation.analysis import analyze, analyze_plan
+    from model.reading.nifti import read_nifti
+
+    errors: list[str] = []
+    described: CTVolume | SeriesDescription
+    try:
+        if isinstance(item, Path):
+            volume = read_nifti(item)
+            result, described = analyze(volume, regressor), volume
+        else:
+            # chunk by chunk: a long thin-slice series never sits in memory at full size
+            result, described = analyze_plan(item, errors, regressor)
+    except CTInputError as exc:
+        errors.append(str(exc))
+        result = None
+    except (ValueError, RuntimeError) as exc:
+        errors.append(f"{item if isinstance(item, Path) else item.source}: scoring failed: {exc}")
+        result = None
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    if result is None:
+        return len(errors)
+    target = args.out if index is None else args.out / output_name(described, index)
+    write_json(result.to_json_dict(), target)
+    if args.plot:
+        _plot_result(result, target.with_suffix(".png"))
+    print(f"{described.identity}: {described.n_slices} slices, "
+          f"{result.body_part_examined or 'no term'} -> {target}")
+    return len(errors)
 
 
 def _plot_result(result: BodyPartResult, png: Path) -> None:

@@ -68,9 +68,11 @@ from model.interpretation.sanity import (
     slope_anomalies,
 )
 from model.interpretation.strict_json import jsonable
-from model.reading.volume import CTVolume
+from model.reading.dicom_assembly import SeriesPlan
+from model.reading.volume import ContentSample, CTVolume, SeriesDescription
 from model.scoring import preprocess
 from model.scoring.inference import BodyPartRegressor, SliceScores
+from model.scoring.streaming import stream_series
 
 #: Version of the JSON layout of :meth:`BodyPartResult.to_json_dict` (1 is model.cli.output's
 #: scores-only document).
@@ -254,15 +256,40 @@ def analyze(volume: CTVolume, regressor: BodyPartRegressor | None = None, *,
     return interpret(volume, scored, body_pixels, regressor, settings)
 
 
-def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike | None,
-              regressor: BodyPartRegressor, settings: AnalysisSettings,
-              content: ImageContent | None = None) -> BodyPartResult:
+def analyze_plan(plan: SeriesPlan, errors: list[str],
+                 regressor: BodyPartRegressor | None = None, *,
+                 settings: AnalysisSettings | None = None
+                 ) -> tuple[BodyPartResult, SeriesDescription]:
+    """:func:`analyze` for a DICOM series read chunk by chunk (:mod:`model.scoring.streaming`).
+
+    Memory stays bounded on long series: the full-resolution volume is never held.
+    Undecodable frames are appended to ``errors``; CTInputError when none can be decoded.
+    """
+    regressor = regressor or default_regressor()
+    streamed = stream_series(plan, errors)
+    raw = regressor.raw_scores(streamed.slices)
+    series = streamed.description
+    scored = SliceScores(z_mm=series.z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
+    result = interpret(series, scored, body_pixel_counts(streamed.slices), regressor,
+                       settings or AnalysisSettings(), sample=streamed.sample)
+    return result, series
+
+
+def interpret(volume: CTVolume | SeriesDescription, scored: SliceScores,
+              body_pixels: npt.ArrayLike | None, regressor: BodyPartRegressor,
+              settings: AnalysisSettings, sample: ContentSample | None = None
+              ) -> BodyPartResult:
     """:func:`analyze` after scoring (for callers that already have the scores).
 
-    ``content`` is measured on ``volume.hu`` when not given.
+    ``sample`` is what the image checks look at; by default taken from ``volume.hu``
+    (which a :class:`SeriesDescription` does not have).
     """
+    if sample is None:
+        if not isinstance(volume, CTVolume):
+            raise TypeError("a series without pixels needs its content sample")
+        sample = ContentSample.of(volume.hu, volume.pixel_spacing_mm)
     stats = regressor.meta.statistics
-    content = content or image_content(volume.hu, volume.pixel_spacing_mm)
+    content = image_content(sample.hu, sample.pixel_spacing_mm)
     z = np.asarray(volume.z_mm, dtype=np.float64)
     cleaned = clean_scores(z, scored.scores, body_pixels=body_pixels, statistics=stats,
                            settings=settings.postprocess)
@@ -277,7 +304,7 @@ def interpret(volume: CTVolume, scored: SliceScores, body_pixels: npt.ArrayLike 
                         expected_z_spacing_mm=None)
     elif check.unplaceable or _too_flat(check):
         check, named_scores, partial = _placed_part(z, cleaned.scores, check, stats, settings)
-    anomalies = _anomalies(volume, cleaned, check, table, settings, content)
+    anomalies = _anomalies(sample, cleaned, check, table, settings, content)
     if partial is not None:
         anomalies.append(partial)
     regions = body_part_examined_dict(z, cleaned.scores, table, settings.region_boundaries)
@@ -388,11 +415,11 @@ def _positive(x: object) -> TypeGuard[float]:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
-def _anomalies(volume: CTVolume, cleaned: CleanedScores, check: SlopeCheck,
+def _anomalies(sample: ContentSample, cleaned: CleanedScores, check: SlopeCheck,
                table: Mapping[str, LandmarkScore], settings: AnalysisSettings,
                content: ImageContent) -> list[Anomaly]:
     found: list[Anomaly | None] = []
-    not_ct = ct_content_anomaly(volume.hu) if settings.check_content else None
+    not_ct = ct_content_anomaly(sample.hu) if settings.check_content else None
     found.append(not_ct)
     found.append(no_body_anomaly(cleaned))
     if not_ct is None:  # the tissue rule of a limb crop assumes Hounsfield units

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from model.interpretation.postprocess import BODY_HU
 from model.interpretation.sanity import Anomaly, AnomalyCode, Severity
+from model.reading.volume import CONTENT_MAX_PIXELS
 
 #: A limb crop has tissue on at least this fraction of the image border (median slice).
 MIN_BORDER_TISSUE = 0.10
@@ -39,7 +40,7 @@ MIN_ENCLOSED_AIR_MM2 = 100.0
 MIN_BODY_MM2 = 1000.0
 #: Slices and in-plane pixels sampled: bounds the cost on thin-slice 512² series.
 MAX_SLICES = 64
-MAX_PIXELS = 128
+MAX_PIXELS = CONTENT_MAX_PIXELS
 
 
 @dataclass(frozen=True)

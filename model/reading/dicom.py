@@ -12,20 +12,28 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import MediaStorageDirectoryStorage
 
-from model.reading.dicom_assembly import assemble
-from model.reading.dicom_frames import Frame, PixelSource, frames_of, sop_class_of
-from model.reading.hostile import (
-    DECODE_ERRORS,
-    READ_ERRORS,
-    disguised_sequence,
-    unclosed_items,
-)
+from model.reading.dicom_assembly import SeriesPlan, plan_series, read_volume
+from model.reading.dicom_frames import Frame, frames_of, sop_class_of
+from model.reading.dicom_pixels import PixelSource
+from model.reading.hostile import READ_ERRORS, disguised_sequence, unclosed_items
 from model.reading.volume import CTInputError, CTVolume
 
-# MemoryError too where a hostile PixelData or sequence length asks pydicom for gigabytes.
+# MemoryError too where a hostile sequence length asks pydicom for gigabytes.
 _READ_FAILURES: tuple[type[BaseException], ...] = (*READ_ERRORS, MemoryError)
-_DECODE_FAILURES: tuple[type[BaseException], ...] = (*DECODE_ERRORS, MemoryError)
-_PIXEL_DATA = 0x7FE00010
+#: The PixelData tag as it lies in a little-endian file.
+_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+#: Bytes read first: the header of a CT file (a few kB) ends well within them.
+HEADER_PREFIX_BYTES = 64 * 1024
+
+
+@dataclass
+class DicomScan:
+    """Series found in headers (pixels not yet decoded) and one message per rejected file."""
+
+    plans: list[SeriesPlan] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    #: Header (no pixel data) of every file that was read, CT or not, in reading order.
+    headers: list[Dataset] = field(default_factory=list)
 
 
 @dataclass
@@ -77,69 +85,101 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
         Volumes that could be assembled and one error message per unreadable or non-CT
         file and per rejected series. Nothing raises for bad input.
     """
-    result = DicomReadResult()
-    series: dict[str, list[Frame]] = defaultdict(list)
-    uids: dict[str, str | None] = {}
-    for path in paths:
-        read = _read_file(path, result.errors)
-        if read is None:
-            continue
-        ds, pixels = read
+    scan = scan_dicom_series(paths)
+    result = DicomReadResult(errors=scan.errors, headers=scan.headers)
+    for plan in scan.plans:
         try:
-            _reject_disguised_sequences(ds)
-            if sop_class_of(ds) == MediaStorageDirectoryStorage:
-                continue
-            result.headers.append(_without_pixels(ds))
-            frames = frames_of(path, pixels, ds)
-            uid = str(ds.get("SeriesInstanceUID") or "") or None
-            # Anonymised files may lack the UID; fall back to what separates series.
-            key = uid or f"{path.parent}\0{ds.get('FrameOfReferenceUID', '')}"
-        except CTInputError as exc:
-            result.errors.append(f"{path}: {exc}")
-            continue
-        except READ_ERRORS as exc:
-            result.errors.append(f"{path}: malformed DICOM header ({type(exc).__name__})")
-            continue
-        series[key].extend(frames)
-        uids[key] = uid
-    for key in list(series):
-        # Popped so each series' data sets are released once it is assembled.
-        frames = series.pop(key)
-        try:
-            result.volumes.append(assemble(uids[key], frames, result.errors))
+            result.volumes.append(read_volume(plan, result.errors))
         except CTInputError as exc:
             result.errors.append(str(exc))
-        except _DECODE_FAILURES as exc:
-            result.errors.append(f"series could not be assembled ({type(exc).__name__})")
     return result
 
 
-def _read_file(path: Path, errors: list[str]) -> tuple[Dataset, PixelSource] | None:
-    """The data set of one file with its undecoded pixels; None (reason in ``errors``)."""
-    # Read each file once, pixel bytes included (decoding waits for .pixel_array): the
-    # kept data set serves both grouping and assembly.
+def scan_dicom_series(paths: Iterable[Path]) -> DicomScan:
+    """Headers of ``paths`` grouped and checked into one :class:`SeriesPlan` per series.
+
+    No pixel is decoded: :func:`~model.reading.dicom_assembly.read_volume` or
+    :func:`~model.reading.dicom_assembly.decode_slices` do that for the frames a plan keeps.
+    Grouping and the checks are those of :func:`read_dicom_series`.
+    """
+    scan = DicomScan()
+    series: dict[str, list[Frame]] = defaultdict(list)
+    uids: dict[str, str | None] = {}
+    for path in paths:
+        read = _read_header(path, scan.errors)
+        if read is None:
+            continue
+        header, pixel_offset = read
+        try:
+            _reject_disguised_sequences(header)
+            if sop_class_of(header) == MediaStorageDirectoryStorage:
+                continue
+            scan.headers.append(header)
+            frames = frames_of(path, PixelSource.of_header(path, header, pixel_offset), header)
+            uid = str(header.get("SeriesInstanceUID") or "") or None
+            # Anonymised files may lack the UID; fall back to what separates series.
+            key = uid or f"{path.parent}\0{header.get('FrameOfReferenceUID', '')}"
+        except CTInputError as exc:
+            scan.errors.append(f"{path}: {exc}")
+            continue
+        except READ_ERRORS as exc:
+            scan.errors.append(f"{path}: malformed DICOM header ({type(exc).__name__})")
+            continue
+        series[key].extend(frames)
+        uids[key] = uid
+    for key, frames in series.items():
+        try:
+            scan.plans.append(plan_series(uids[key], frames))
+        except CTInputError as exc:
+            scan.errors.append(str(exc))
+    return scan
+
+
+def _read_header(path: Path, errors: list[str]) -> tuple[Dataset, int | None] | None:
+    """The header of one file (no pixel data) and the offset of its top-level PixelData
+    element (None when not found, e.g. in a deflated file); None on failure.
+
+    Only the first :data:`HEADER_PREFIX_BYTES` are read when the header ends within them,
+    as it does in nearly every CT file; otherwise the whole file.
+    """
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(HEADER_PREFIX_BYTES)
+            if len(data) == HEADER_PREFIX_BYTES:
+                header = _parse_header(path, data, errors, complete=False)
+                if header is not None:
+                    return header
+                data += f.read()
     except OSError as exc:
         errors.append(f"{path}: not readable ({exc.strerror or type(exc).__name__})")
         return None
+    return _parse_header(path, data, errors, complete=True)
+
+
+def _parse_header(path: Path, data: bytes, errors: list[str], *, complete: bool
+                  ) -> tuple[Dataset, int | None] | None:
+    """Header and PixelData offset from ``data``, the whole file when ``complete``.
+
+    For a prefix, None means "read the whole file" (the header may go on beyond it, or its
+    syntax needs the whole stream); errors are reported for the whole file only.
+    """
     hostile = unclosed_items(data)
     if hostile is not None:
-        errors.append(f"{path}: {hostile}")
+        if complete:
+            errors.append(f"{path}: {hostile}")
         return None
+    stream = io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        return ds, PixelSource(ds)
-    except _DECODE_FAILURES as full_exc:
-        # A file cut inside its pixel data still has a usable header: group it by that
-        # and report the pixels as undecodable only if its slices are selected.
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        except _READ_FAILURES as exc:
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
+    except _READ_FAILURES as exc:
+        if complete:
             errors.append(f"{path}: not a readable DICOM file ({exc})")
-            return None
-        return ds, PixelSource(None, f"{path}: pixel data could not be decoded ({full_exc})")
-
+        return None
+    stopped_at = stream.tell()
+    at_pixels = data[stopped_at:stopped_at + 4] == _PIXEL_DATA_TAG_LE
+    if not complete and (not at_pixels or stopped_at + 12 > len(data)):
+        return None
+    return ds, stopped_at if at_pixels else None
 
 #: Attributes the reader turns into text or numbers. A sequence in their place is hostile:
 #: converting it recurses through its nesting (seconds and gigabytes at a depth of 1000).
@@ -149,20 +189,6 @@ _SCALAR_KEYWORDS = (
     "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "RescaleSlope",
     "RescaleIntercept", "PixelPaddingValue", "BitsAllocated", "PixelRepresentation",
 )
-
-
-def _without_pixels(ds: Dataset) -> Dataset:
-    """``ds`` up to its pixel data, sharing its still undecoded elements (no copy of values).
-
-    Raw elements carry their own transfer syntax, so the header decodes like the original.
-    """
-    header = Dataset({tag: element for tag, element in ds.items() if tag < _PIXEL_DATA})
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        header.file_meta = meta
-    implicit_vr, little_endian = ds.original_encoding
-    header.set_original_encoding(implicit_vr, little_endian, ds.original_character_set)
-    return header
 
 
 def _reject_disguised_sequences(ds: Dataset) -> None:

@@ -1,10 +1,11 @@
-"""One series' frames → one axial feet → head :class:`CTVolume`.
+"""One series' frames → a :class:`SeriesPlan` → one axial feet → head :class:`CTVolume`.
 
-The steps, in order: drop localizers and the slices whose orientation or matrix differs from
-the series majority, check the series is axial (and warn about gantry tilt), collapse
-duplicate positions, order by the world z of the slice centres, decode every kept frame
-straight into the final array, read scanner padding as air (:mod:`model.reading.padding`),
-and warn about gaps and uneven spacing.
+Planning uses headers only: drop localizers and the slices whose orientation or matrix
+differs from the series majority, check the series is axial (and warn about gantry tilt),
+collapse duplicate positions, and order by the world z of the slice centres. Decoding then
+writes every kept frame, in parallel, straight into the caller's array in canonical layout
+(the whole volume, or one chunk at a time for a streaming caller); finishing reads scanner
+padding as air (:mod:`model.reading.padding`) and warns about gaps and uneven spacing.
 """
 
 from __future__ import annotations
@@ -12,21 +13,17 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Hashable
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from model.reading.dicom_frames import Frame, Vector
+from model.reading.dicom_pixels import frame_to_hu
 from model.reading.hostile import DECODE_ERRORS
-from model.reading.padding import (
-    PADDING_HU,
-    describe_header_range,
-    header_padding_range,
-    pad_below_air,
-    padding_warning,
-)
-from model.reading.volume import CTInputError, CTVolume, FloatArray
+from model.reading.padding import describe_header_range, pad_below_air, padding_warning
+from model.reading.volume import CTInputError, CTVolume, FloatArray, SeriesDescription
 
 #: Slices whose positions along the normal differ by at most this are duplicates.
 DUPLICATE_TOLERANCE_MM = 0.01
@@ -37,14 +34,55 @@ GAP_FACTOR = 1.5
 #: Smaller angles between slice normal and body axis are rounding noise in the cosines.
 TILT_WARN_DEG = 0.5
 
+#: Threads that decode frames. Reading native pixels and converting them to HU release the
+#: GIL, so threads beyond the cores still overlap file reads with arithmetic.
+READ_THREADS = min(4, os.cpu_count() or 1)
+
+# MemoryError too where a hostile length asks pydicom for gigabytes.
+_DECODE_FAILURES: tuple[type[BaseException], ...] = (*DECODE_ERRORS, MemoryError)
+
 def _keep_majority(frames: list[Frame], key: Callable[[Frame], Hashable]) -> list[Frame]:
     majority, _ = Counter(key(f) for f in frames).most_common(1)[0]
     return [f for f in frames if key(f) == majority]
 
 
 
-def assemble(uid: str | None, frames: list[Frame], errors: list[str]) -> CTVolume:
-    """One series' frames → CTVolume; decode failures are appended to ``errors``."""
+@dataclass
+class SeriesPlan:
+    """One series as its headers describe it: the frames kept, in order, before decoding.
+
+    Attributes
+    ----------
+    uid : str or None
+        SeriesInstanceUID.
+    label : str
+        How messages name the series.
+    source : str
+        The file (multi-frame) or folder the series came from.
+    frames : list of Frame
+        Frames kept, ordered feet → head.
+    layout : (bool, bool, bool)
+        (transpose, flip columns, flip rows) from stored to canonical pixels.
+    shape : (int, int)
+        Canonical (rows, cols) of a slice.
+    pixel_spacing_mm : (float, float)
+        Canonical (row, column) spacing.
+    warnings : list of str
+        What planning dropped or noticed (localizers, duplicates, tilt...).
+    """
+
+    uid: str | None
+    label: str
+    source: str
+    frames: list[Frame]
+    layout: tuple[bool, bool, bool]
+    shape: tuple[int, int]
+    pixel_spacing_mm: tuple[float, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_series(uid: str | None, frames: list[Frame]) -> SeriesPlan:
+    """One series' frames → :class:`SeriesPlan`; CTInputError when none is usable."""
     paths = sorted({str(f.path) for f in frames})
     # A single (multi-frame) file is its own source; otherwise the folder holding the files.
     source = (
@@ -56,28 +94,106 @@ def assemble(uid: str | None, frames: list[Frame], errors: list[str]) -> CTVolum
     ref = frames[0]
     normal = _axial_normal(ref, label, warnings)
     frames = _order_by_z(_collapse_duplicates(frames, normal, warnings), normal, warnings)
-    header_padding: Counter[str] = Counter()
-    hu, frames, swap = _decode_volume(frames, ref, label, errors, header_padding)
+    for f in frames:
+        f.pixels.pending += 1
+    layout = _in_plane_flips(ref.row_dir, ref.col_dir)
+    rows, cols = ref.shape
+    swap = layout[0]
+    return SeriesPlan(uid=uid, label=label, source=source, frames=frames, layout=layout,
+                      shape=(cols, rows) if swap else (rows, cols),
+                      pixel_spacing_mm=(ref.spacing[1], ref.spacing[0]) if swap else ref.spacing,
+                      warnings=warnings)
+
+
+def read_volume(plan: SeriesPlan, errors: list[str]) -> CTVolume:
+    """Decode every frame of ``plan`` into one CTVolume; failed frames go to ``errors``."""
+    hu: FloatArray = np.empty((len(plan.frames), *plan.shape), np.float32)
+    decoded = decode_slices(plan, 0, hu, errors)
+    if not decoded.kept:
+        raise CTInputError(f"{plan.label}: no slice could be decoded")
+    if len(decoded.kept) < len(plan.frames):
+        hu = hu[decoded.kept]
     below_air, withheld = pad_below_air(hu)
-    padded = padding_warning(hu.size, header_voxels=header_padding.total(),
-                             header=" / ".join(header_padding), below_air_voxels=below_air,
+    series = describe_series(plan, decoded, n_voxels=hu.size, below_air=below_air,
                              withheld=withheld)
+    return CTVolume(hu=hu, z_mm=series.z_mm, pixel_spacing_mm=series.pixel_spacing_mm,
+                    source=series.source, series_instance_uid=series.series_instance_uid,
+                    sop_instance_uids=series.sop_instance_uids, warnings=series.warnings)
+
+
+@dataclass
+class DecodedSlices:
+    """Which slices of a plan were decoded, and the header padding found in them."""
+
+    #: Indices into the plan's frames, ascending.
+    kept: list[int] = field(default_factory=list)
+    #: Pixels set to padding, per description of the header values.
+    header_padding: Counter[str] = field(default_factory=Counter)
+
+    def extend(self, other: DecodedSlices) -> None:
+        self.kept += other.kept
+        self.header_padding.update(other.header_padding)
+
+
+def decode_slices(plan: SeriesPlan, start: int, out: FloatArray, errors: list[str]
+                  ) -> DecodedSlices:
+    """Decode frames ``start .. start + len(out)`` of ``plan`` as HU into ``out``.
+
+    Frames are decoded by :data:`READ_THREADS` threads; a frame that fails leaves its plane
+    of ``out`` undefined, is missing from the returned ``kept`` and has its reason appended
+    to ``errors`` (once per file).
+    """
+    frames = plan.frames[start:start + len(out)]
+    as_stored = _stored_view(out, *plan.layout)
+
+    def decode(i: int) -> tuple[int, str | None]:
+        f = frames[i]
+        try:
+            raw = f.pixels.stored_frame(f.frame, f.shape)
+        except _DECODE_FAILURES as exc:
+            return 0, f"{f.path}: pixel data could not be decoded ({exc})"
+        return frame_to_hu(raw, f.slope, f.intercept, f.pixels.padding, as_stored[i]), None
+
+    if len(frames) > 1 and READ_THREADS > 1:
+        with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bpr-read") as pool:
+            results = list(pool.map(decode, range(len(frames))))
+    else:
+        results = [decode(i) for i in range(len(frames))]
+    decoded = DecodedSlices()
+    for i, (n_padding, error) in enumerate(results):
+        if error is not None:
+            if error not in errors:
+                errors.append(error)
+            continue
+        decoded.kept.append(start + i)
+        if n_padding:
+            padding = frames[i].pixels.padding
+            assert padding is not None
+            decoded.header_padding[describe_header_range(padding)] += n_padding
+    return decoded
+
+
+def describe_series(plan: SeriesPlan, decoded: DecodedSlices, *, n_voxels: int,
+                    below_air: int, withheld: bool) -> SeriesDescription:
+    """What ``plan``'s decoded slices are, with the reader's warnings.
+
+    ``n_voxels`` is the number of voxels decoded; ``below_air`` and ``withheld`` are
+    :func:`~model.reading.padding.pad_below_air`'s answer for them.
+    """
+    frames = [plan.frames[i] for i in decoded.kept]
+    warnings = list(plan.warnings)
+    padded = padding_warning(n_voxels, header_voxels=decoded.header_padding.total(),
+                             header=" / ".join(decoded.header_padding),
+                             below_air_voxels=below_air, withheld=withheld)
     if padded is not None:
         warnings.append(padded)
-    spacing = (ref.spacing[1], ref.spacing[0]) if swap else ref.spacing
     z_mm = np.array([f.centre[2] for f in frames], dtype=np.float64)
     if len(z_mm) > 1 and not np.all(np.diff(z_mm) > 0):
-        raise CTInputError(f"{label}: slice centres are not distinct along z")
+        raise CTInputError(f"{plan.label}: slice centres are not distinct along z")
     warnings.extend(_spacing_warnings(z_mm))
-    return CTVolume(
-        hu=hu,
-        z_mm=z_mm,
-        pixel_spacing_mm=spacing,
-        source=source,
-        series_instance_uid=uid,
-        sop_instance_uids=[f.sop_uid for f in frames],
-        warnings=warnings,
-    )
+    return SeriesDescription(z_mm=z_mm, pixel_spacing_mm=plan.pixel_spacing_mm,
+                             source=plan.source, series_instance_uid=plan.uid,
+                             sop_instance_uids=[f.sop_uid for f in frames], warnings=warnings)
 
 
 def _consistent_frames(frames: list[Frame], label: str, warnings: list[str]) -> list[Frame]:
@@ -148,86 +264,6 @@ def _order_by_z(frames: list[Frame], normal: Vector, warnings: list[str]) -> lis
     if len(z) > 1 and not np.all(np.diff(z) * np.sign(normal[2]) > 0):
         warnings.append("slice order along the slice normal disagrees with z; ordered by z")
     return [frames[i] for i in np.argsort(z, kind="stable")]
-
-
-def _decode_volume(frames: list[Frame], ref: Frame, label: str, errors: list[str],
-                   header_padding: Counter[str]) -> tuple[FloatArray, list[Frame], bool]:
-    """HU of the frames in canonical layout, the frames decoded, and whether rows and
-    columns were swapped; frames that fail to decode are left out and reported in
-    ``errors``, pixels the header marks as padding are counted in ``header_padding`` (per
-    header description)."""
-    # Decode straight into the final float32 array (no per-slice copies and no stack), laid
-    # out canonically so that feet-first, prone or transposed series need no second copy.
-    swap, flip_cols, flip_rows = _in_plane_flips(ref.row_dir, ref.col_dir)
-    rows, cols = ref.shape
-    hu: FloatArray = np.empty((len(frames), *((cols, rows) if swap else (rows, cols))), np.float32)
-    as_stored = _stored_view(hu, swap, flip_cols, flip_rows)
-    by_file: dict[Path, list[int]] = {}
-    for slot, f in enumerate(frames):
-        by_file.setdefault(f.path, []).append(slot)
-    # Sequential on purpose: a 2-thread pool gave no gain (pydicom's decode is mostly
-    # GIL-bound Python, even for JPEG 2000), so it was not worth the complexity.
-    filled: list[int] = []
-    for slots in by_file.values():
-        done, error = _decode_into([frames[i] for i in slots], slots, as_stored,
-                                   header_padding)
-        filled.extend(done)
-        if error is not None:
-            errors.append(error)
-    if not filled:
-        raise CTInputError(f"{label}: no slice could be decoded")
-    if len(filled) < len(frames):
-        keep = np.sort(np.array(filled))
-        hu = hu[keep]
-        frames = [frames[i] for i in keep]
-    return hu, frames, swap
-
-
-
-def _decode_into(
-    frames: list[Frame], slots: list[int], out: FloatArray, header_padding: Counter[str]
-) -> tuple[list[int], str | None]:
-    """Decode one file, write its ``frames`` as HU into ``out[slots]``; slots filled, error.
-
-    Pixels the header marks as padding become :data:`PADDING_HU`, counted in
-    ``header_padding`` under the header's description.
-    """
-    source = frames[0].pixels
-    # Dropped before decoding so the pixel bytes and pydicom's cached decoded array are
-    # freed as soon as this file is copied out, not when the whole read ends.
-    ds, source.dataset = source.dataset, None
-    if ds is None:
-        return [], source.error
-    try:
-        stored = ds.pixel_array.reshape(-1, *frames[0].shape)
-        padding = header_padding_range(
-            ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit"),
-            signed=bool(np.issubdtype(stored.dtype, np.signedinteger)),
-            bits_stored=int(ds.get("BitsStored") or 16),
-            bits_allocated=int(ds.get("BitsAllocated") or 16))
-    except DECODE_ERRORS as exc:
-        return [], f"{frames[0].path}: pixel data could not be decoded ({exc})"
-    done = []
-    for f, slot in zip(frames, slots, strict=True):
-        if f.frame >= len(stored):
-            continue
-        raw, plane = stored[f.frame], out[slot]
-        # dtype=float32 computes in float32 like astype(float32) * slope + intercept did, so
-        # HU are bit-identical (int32 pixels would otherwise be multiplied in float64).
-        np.multiply(raw, np.float32(f.slope), out=plane, dtype=np.float32, casting="unsafe")
-        plane += np.float32(f.intercept)
-        if padding is not None:
-            # Padding marks pixels outside the reconstruction circle, not a measured value;
-            # read it as air like the training data.
-            mask = (raw == padding[0]) if padding[0] == padding[1] else (
-                (raw >= padding[0]) & (raw <= padding[1]))
-            n_padding = int(np.count_nonzero(mask))
-            if n_padding:
-                plane[mask] = PADDING_HU
-                header_padding[describe_header_range(padding)] += n_padding
-        done.append(slot)
-    return done, None
-
 
 
 def _in_plane_flips(row_dir: Vector, col_dir: Vector) -> tuple[bool, bool, bool]:

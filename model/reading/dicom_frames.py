@@ -20,6 +20,8 @@ from pydicom.uid import (
     LegacyConvertedEnhancedCTImageStorage,
 )
 
+from model.reading.dicom_pixels import PixelSource
+from model.reading.header_values import header_value
 from model.reading.volume import CTInputError
 
 #: The image storage SOP classes the reader scores (single- and multi-frame CT).
@@ -52,17 +54,6 @@ MAX_RESCALE_INTERCEPT = 1e5
 
 Vector = npt.NDArray[np.float64]
 
-
-
-@dataclass(eq=False)
-class PixelSource:
-    """The one read of a file, shared by its frames until its pixels are copied out."""
-
-    #: Full data set, pixel bytes still undecoded; None once decoded (frees the bytes and
-    #: pydicom's cached decoded array) or when the full read failed.
-    dataset: Dataset | None
-    #: Why the full read failed: reported only if one of the file's frames is selected.
-    error: str | None = None
 
 
 
@@ -99,7 +90,7 @@ def sop_class_of(ds: Dataset) -> str:
     """SOP Class UID of a header, from its file meta where the data set lacks it."""
     # Some anonymisers blank SOPClassUID in the data set but leave the file meta intact.
     meta = getattr(ds, "file_meta", None) or Dataset()
-    return str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+    return str(header_value(ds, "SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
 
 
 
@@ -109,7 +100,7 @@ def why_not_ct(ds: Dataset) -> str | None:
     A CT image is one of :data:`CT_SOP_CLASSES` with Modality CT (or none, as some
     anonymisers leave it).
     """
-    sop_class, modality = sop_class_of(ds), str(ds.get("Modality", ""))
+    sop_class, modality = sop_class_of(ds), str(header_value(ds, "Modality", ""))
     if sop_class in CT_SOP_CLASSES and modality in ("CT", ""):
         return None
     name = UID(sop_class).name if sop_class else "missing"
@@ -117,8 +108,10 @@ def why_not_ct(ds: Dataset) -> str | None:
 
 
 
-def _vector(item: Dataset | None, keyword: str, size: int) -> Vector:
-    value = None if item is None else item.get(keyword)
+def _vector(item: Dataset | None, keyword: str, size: int, *, repeats: bool = True) -> Vector:
+    # repeats=False for values unique to each file (a position), which a cache cannot reuse
+    value = None if item is None else (header_value(item, keyword) if repeats
+                                       else item.get(keyword))
     if value is None or isinstance(value, str | bytes) or len(value) != size:
         raise CTInputError(f"missing or malformed {keyword}")
     vec = np.array([float(v) for v in value], dtype=np.float64)
@@ -137,15 +130,15 @@ def frames_of(path: Path, pixels: PixelSource, ds: Dataset) -> list[Frame]:
     missing = [kw for kw in ("Rows", "Columns") if kw not in ds]
     if missing:
         raise CTInputError(f"missing {', '.join(missing)} (incomplete or truncated header)")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if int(header_value(ds, "SamplesPerPixel", 1)) != 1:
         raise CTInputError("not a greyscale image (SamplesPerPixel != 1)")
     meta = getattr(ds, "file_meta", None) or Dataset()
     sop_uid = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
     instance = int(ds.get("InstanceNumber") or 0)
-    shape = (int(ds.Rows), int(ds.Columns))
+    shape = (int(header_value(ds, "Rows")), int(header_value(ds, "Columns")))
     if not (min(shape) > 0 and max(shape) <= MAX_MATRIX):
         raise CTInputError(f"implausible matrix {shape[0]}×{shape[1]}")
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    image_type = [str(v).upper() for v in (header_value(ds, "ImageType") or [])]
     multi_frame = sop_class != CTImageStorage
     n_frames = int(ds.get("NumberOfFrames") or 1) if multi_frame else 1
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -178,11 +171,12 @@ def frames_of(path: Path, pixels: PixelSource, ds: Dataset) -> list[Frame]:
             raise CTInputError(f"implausible PixelSpacing {spacing.tolist()} mm")
         if min(np.linalg.norm(orientation[:3]), np.linalg.norm(orientation[3:])) < 1e-6:
             raise CTInputError("degenerate ImageOrientationPatient")
-        position = _vector(macro(index, "PlanePositionSequence"), "ImagePositionPatient", 3)
+        position = _vector(macro(index, "PlanePositionSequence"), "ImagePositionPatient", 3,
+                           repeats=False)
         if np.abs(position).max() > MAX_POSITION_MM:
             raise CTInputError(f"implausible ImagePositionPatient {position.tolist()} mm")
-        slope = float((rescale or Dataset()).get("RescaleSlope", 1.0))
-        intercept = float((rescale or Dataset()).get("RescaleIntercept", 0.0))
+        slope = float(header_value(rescale or Dataset(), "RescaleSlope", 1.0))
+        intercept = float(header_value(rescale or Dataset(), "RescaleIntercept", 0.0))
         if not 0 < abs(slope) <= MAX_RESCALE_SLOPE or not abs(intercept) <= MAX_RESCALE_INTERCEPT:
             raise CTInputError(f"implausible RescaleSlope {slope} or RescaleIntercept {intercept}")
         frames.append(

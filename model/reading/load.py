@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.reading.dicom import read_dicom_series
+from model.reading.dicom import scan_dicom_series
+from model.reading.dicom_assembly import SeriesPlan, read_volume
 from model.reading.nifti import is_nifti, read_nifti
 from model.reading.volume import CTInputError, CTVolume
 
@@ -16,6 +17,34 @@ class LoadResult:
 
     volumes: list[CTVolume] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InputScan:
+    """What one input holds, before any pixel is read: NIfTI files and DICOM series plans."""
+
+    nifti: list[Path] = field(default_factory=list)
+    plans: list[SeriesPlan] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def scan_input(path: Path) -> InputScan:
+    """NIfTI files and DICOM series (headers read and checked) under ``path``.
+
+    Raises
+    ------
+    CTInputError
+        If ``path`` does not exist.
+    """
+    if not path.exists():
+        raise CTInputError(f"{path}: no such file or folder")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    scan = InputScan(nifti=[f for f in files if is_nifti(f)])
+    dicom_files = [f for f in files if not is_nifti(f)]
+    if dicom_files:
+        dicom = scan_dicom_series(dicom_files)
+        scan.plans, scan.errors = dicom.plans, dicom.errors
+    return scan
 
 
 def load_volumes(path: Path) -> LoadResult:
@@ -30,21 +59,16 @@ def load_volumes(path: Path) -> LoadResult:
     CTInputError
         If ``path`` does not exist.
     """
-    if not path.exists():
-        raise CTInputError(f"{path}: no such file or folder")
-    result = LoadResult()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    dicom_files = []
-    for f in files:
-        if is_nifti(f):
-            try:
-                result.volumes.append(read_nifti(f))
-            except CTInputError as exc:
-                result.errors.append(str(exc))
-        else:
-            dicom_files.append(f)
-    if dicom_files:
-        dicom = read_dicom_series(dicom_files)
-        result.volumes += dicom.volumes
-        result.errors += dicom.errors
+    scan = scan_input(path)
+    result = LoadResult(errors=list(scan.errors))
+    for f in scan.nifti:
+        try:
+            result.volumes.append(read_nifti(f))
+        except CTInputError as exc:
+            result.errors.append(str(exc))
+    for plan in scan.plans:
+        try:
+            result.volumes.append(read_volume(plan, result.errors))
+        except CTInputError as exc:
+            result.errors.append(str(exc))
     return result

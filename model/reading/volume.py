@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,3 +69,59 @@ class CTVolume:
     def identity(self) -> str:
         """SeriesInstanceUID when known, otherwise the source path."""
         return self.series_instance_uid or self.source
+
+
+@dataclass
+class SeriesDescription:
+    """A series without its pixels: what interpretation needs besides scores and content.
+
+    The attributes are those of :class:`CTVolume` (without ``hu``); a series that was
+    scored slice chunk by slice chunk is described by one of these instead.
+    """
+
+    z_mm: npt.NDArray[np.float64]
+    pixel_spacing_mm: tuple[float, float]
+    source: str
+    series_instance_uid: str | None = None
+    sop_instance_uids: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.z_mm.shape[0])
+
+    @property
+    def identity(self) -> str:
+        """SeriesInstanceUID when known, otherwise the source path."""
+        return self.series_instance_uid or self.source
+
+
+#: Largest in-plane side of a :class:`ContentSample`.
+CONTENT_MAX_PIXELS = 128
+
+
+def content_step(shape: tuple[int, int]) -> int:
+    """In-plane stride that brings a (rows, cols) slice to at most
+    :data:`CONTENT_MAX_PIXELS` per side."""
+    return max(1, math.ceil(max(shape) / CONTENT_MAX_PIXELS))
+
+
+@dataclass(frozen=True)
+class ContentSample:
+    """Every slice of a series at a coarse in-plane stride, in HU: what the image checks see.
+
+    Reading a long series chunk by chunk keeps this sample (about 64 kB per slice) instead
+    of the full-resolution volume.
+    """
+
+    hu: npt.NDArray[np.float32]
+    #: Row and column spacing of the sample's pixels (the series' times the stride).
+    pixel_spacing_mm: tuple[float, float]
+
+    @classmethod
+    def of(cls, hu: npt.NDArray[np.float32], pixel_spacing_mm: tuple[float, float]
+           ) -> ContentSample:
+        """The sample of an in-memory volume (a strided view, no copy)."""
+        step = content_step((hu.shape[1], hu.shape[2]))
+        return cls(hu[:, ::step, ::step],
+                   (pixel_spacing_mm[0] * step, pixel_spacing_mm[1] * step))

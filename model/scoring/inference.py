@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,14 +11,35 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from model.paths import DEFAULT_META, DEFAULT_WEIGHTS
 from model.reading.volume import CTVolume
 from model.scoring import preprocess
 from model.scoring.network import SliceScoreNet
 
-#: Slices per forward pass; 128 slices of 128² float32 are 8 MB of input.
-INFERENCE_BATCH = 128
+#: Slices per forward pass: 64 was the fastest of 32, 64, 128 and 300 on two CPU cores.
+INFERENCE_BATCH = 64
+
+
+def inference_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` for scoring only: each batch norm folded into the convolution
+    before it, and channels-last memory layout.
+
+    On two CPU cores this scores 1.7× faster than ``net`` itself; outputs agree to float
+    precision (|Δ| < 1e-6 on the shipped model).
+    """
+    fast = copy.deepcopy(net).eval()
+    for module in fast.modules():
+        if (isinstance(module, nn.Sequential) and len(module) >= 2
+                and isinstance(module[0], nn.Conv2d) and isinstance(module[1], nn.BatchNorm2d)):
+            module[0] = fuse_conv_bn_eval(module[0], module[1])
+            module[1] = nn.Identity()
+    for weight in fast.parameters():
+        if weight.dim() == 4:  # convolution kernels; what Module.to(memory_format=) does
+            weight.data = weight.data.contiguous(memory_format=torch.channels_last)
+    return fast
 
 
 @dataclass
@@ -65,6 +87,9 @@ class BodyPartRegressor:
     def __init__(self, net: SliceScoreNet, meta: ModelMeta) -> None:
         self.net = net.eval()
         self.meta = meta
+        # Made once: oneDNN prepares a network's weights on first use, so a fresh copy per
+        # call would redo that. The weights of ``net`` are fixed from here on.
+        self._scoring_net = inference_copy(net)
         if (meta.input_size, meta.pixel_spacing_mm, meta.hu_min, meta.hu_max) != (
             preprocess.INPUT_SIZE, preprocess.PIXEL_SPACING_MM, preprocess.HU_MIN,
             preprocess.HU_MAX,
@@ -90,11 +115,13 @@ class BodyPartRegressor:
     def raw_scores(self, slices: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         """Network output for preprocessed slices of shape (n, S, S)."""
         out = []
+        net = self._scoring_net
         with torch.inference_mode():
             for i in range(0, len(slices), INFERENCE_BATCH):
                 x = torch.from_numpy(np.ascontiguousarray(slices[i : i + INFERENCE_BATCH],
                                                           dtype=np.float32))
-                out.append(self.net(x[:, None]).numpy())
+                out.append(net(x[:, None].contiguous(memory_format=torch.channels_last))
+                           .numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def to_reference_scale(self, raw: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
