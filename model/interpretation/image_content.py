@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from model.interpretation.postprocess import BODY_HU
 from model.interpretation.sanity import Anomaly, AnomalyCode, Severity
@@ -76,18 +75,38 @@ def image_content(hu: npt.NDArray[np.floating[Any]], pixel_spacing_mm: tuple[flo
     step = max(1, math.ceil(max(rows, cols) / MAX_PIXELS))
     pixel_mm2 = float(pixel_spacing_mm[0] * pixel_spacing_mm[1]) * step * step
     picks = np.unique(np.linspace(0, n - 1, min(n, MAX_SLICES)).round().astype(int))
-    border, air = [], []
-    for i in picks.tolist():
-        body = np.asarray(hu[i, ::step, ::step]) > BODY_HU
-        if body.sum() * pixel_mm2 < MIN_BODY_MM2:
-            continue
-        edge = np.concatenate([body[0], body[-1], body[:, 0], body[:, -1]])
-        border.append(float(edge.mean()))
-        enclosed = ndimage.binary_fill_holes(body) & ~body
-        air.append(float(enclosed.sum()) * pixel_mm2 >= MIN_ENCLOSED_AIR_MM2)
-    if not border:
+    body = np.asarray(hu[picks, ::step, ::step]) > BODY_HU
+    body = body[body.sum(axis=(1, 2)) * pixel_mm2 >= MIN_BODY_MM2]
+    if not len(body):
         return ImageContent(0.0, 0.0, 0)
-    return ImageContent(float(np.median(border)), float(np.mean(air)), len(border))
+    edges = np.concatenate([body[:, 0], body[:, -1], body[:, :, 0], body[:, :, -1]], axis=1)
+    enclosed = enclosed_background(body).sum(axis=(1, 2)) * pixel_mm2
+    return ImageContent(float(np.median(edges.mean(axis=1))),
+                        float(np.mean(enclosed >= MIN_ENCLOSED_AIR_MM2)), len(body))
+
+
+def enclosed_background(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Pixels of each 2D mask's background that the image edge cannot reach (its holes).
+
+    ``scipy.ndimage.binary_fill_holes(mask) & ~mask`` per slice of ``masks`` (k, h, w), with
+    the same 4-connectivity, in numpy: ``bpr predict`` then starts without importing
+    scipy (0.2 s), and all slices grow together.
+    """
+    background = ~masks
+    reached = np.zeros_like(masks)
+    for edge in (np.s_[:, 0, :], np.s_[:, -1, :], np.s_[:, :, 0], np.s_[:, :, -1]):
+        reached[edge] = background[edge]
+    grown = np.empty_like(masks)
+    while True:  # grow from the edge through the background, one pixel per step
+        np.copyto(grown, reached)
+        grown[:, 1:, :] |= reached[:, :-1, :]
+        grown[:, :-1, :] |= reached[:, 1:, :]
+        grown[:, :, 1:] |= reached[:, :, :-1]
+        grown[:, :, :-1] |= reached[:, :, 1:]
+        grown &= background
+        if np.array_equal(grown, reached):
+            return background & ~reached
+        reached, grown = grown, reached
 
 
 def limb_crop_anomaly(content: ImageContent) -> Anomaly | None:
