@@ -1,11 +1,16 @@
 """Ingest throughput of the node beside a bare pynetdicom SCP, and completion → SR latency.
 
-Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64] [--during-adaptation]``
+Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64] [--senders 1,4,16]
+[--during-adaptation]``
 
-1. Instances/s with 1 and 4 concurrent DCMTK ``storescu`` senders, each sending its own copies
-   of a real CT series (``../shared/data``), against (a) ``bpr serve`` — validate, fsync, index,
-   track — and (b) a bare pynetdicom SCP in a subprocess that only writes each dataset to a file
-   (no fsync, no index): the baseline of the same run, reported as a ratio.
+1. Instances/s with 1, 4 and 16 concurrent DCMTK ``storescu`` senders, each sending its own
+   copies of a real CT series (``../shared/data``), against (a) ``bpr serve`` — validate, fsync,
+   index, track — and (b) a bare pynetdicom SCP in a subprocess that only writes each dataset
+   to a file (no fsync, no index): the baseline of the same run, reported as a ratio. Both
+   sender settings are measured: storescu's default, where Nagle's algorithm on the sender
+   and delayed acknowledgements on the receiver hold every instance about 40 ms whatever
+   either SCP does, and ``TCP_NODELAY=1`` (DCMTK's switch), where the receivers' own costs
+   decide the rate.
    With ``--during-adaptation`` the node is measured again while an adaptation run trains
    beside it as the node starts one (``bpr adapt`` at niceness 19 with one torch thread, the
    ``adaptation`` defaults of ``config.yaml``), and the ratio to the node alone is printed.
@@ -52,18 +57,19 @@ def store(event):
     (out / (uuid.uuid4().hex + ".dcm")).write_bytes(event.encoded_dataset())
     return 0
 ae = AE("BPR_NODE")
-ae.maximum_associations = 16
+ae.maximum_associations = 32
 for cx in AllStoragePresentationContexts:
     ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, store)])
 """
 
 
-def _send_all(port: int, batches: list[list[Path]]) -> float:
+def _send_all(port: int, batches: list[list[Path]], nodelay: bool = False) -> float:
     """Send each batch from its own storescu at once; seconds until all acknowledged."""
+    env = {"TCP_NODELAY": "1"} if nodelay else None
     t0 = time.perf_counter()
     with ThreadPoolExecutor(len(batches)) as pool:
-        results = list(pool.map(lambda files: storescu(port, files), batches))
+        results = list(pool.map(lambda files: storescu(port, files, env=env), batches))
     seconds = time.perf_counter() - t0
     failed = [r.stderr[-300:] for r in results if r.returncode != 0]
     if failed:
@@ -85,29 +91,30 @@ def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("server not listening")
 
 
-def _bare(batches: list[list[Path]], work: Path) -> float:
+def _bare(batches: list[list[Path]], work: Path, nodelay: bool) -> float:
     port = free_port()
     out = work / f"bare-{port}"
     out.mkdir()
     process = subprocess.Popen([sys.executable, "-c", _BARE_SCP, str(port), str(out)])
     try:
         _wait_port(port, process)
-        return _send_all(port, batches)
+        return _send_all(port, batches, nodelay)
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def _node(batches: list[list[Path]], work: Path) -> float:
+def _node(batches: list[list[Path]], work: Path, nodelay: bool = False) -> float:
     port = free_port()
     folder = work / f"node-{port}"
     folder.mkdir()
     # No analysis during the ingest measurement: the quiet time outlasts it.
-    config = write_config(folder, port, quiet_seconds=3600)
+    config = write_config(folder, port, quiet_seconds=3600,
+                          network={"max_associations": 32})  # as the bare SCP
     node = NodeProcess(config)
     try:
         node.wait_listening(port)
-        seconds = _send_all(port, batches)
+        seconds = _send_all(port, batches, nodelay)
     finally:
         node.stop()
     index = Index(f"sqlite:///{folder / 'index.sqlite'}")
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--series", type=int, default=4, help="series copies per sender")
     parser.add_argument("--slices", type=int, default=64, help="slices per series")
+    parser.add_argument("--senders", default="1,4,16", help="concurrent senders to measure")
     parser.add_argument("--quiet", type=float, default=2.0, help="quiet time for the latency run")
     parser.add_argument("--latency-series", type=int, default=5,
                         help="series sent one by one for the completion → SR figures")
@@ -208,22 +216,29 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # Distinct UIDs per copy: every instance is new to the node.
+        senders_measured = [int(n) for n in args.senders.split(",")]
         copies = [real_ct_series(work / "in" / str(i), "openkbp_pt_15", pixel_step=1,
                                  slices=slice(0, args.slices))
-                  for i in range(4 * args.series)]
+                  for i in range(max(senders_measured) * args.series)]
         first = dcmread(copies[0][0], stop_before_pixels=True)
         print(f"{len(copies)} series × {args.slices} slices of {first.Rows}×{first.Columns} CT "
               f"({sum(p.stat().st_size for p in copies[0]) / 1e6:.1f} MB per series)")
-        print(f"{'senders':>8} {'bare SCP inst/s':>16} {'node inst/s':>12} {'node/bare':>10}")
+        print(f"{'storescu':>16} {'senders':>8} {'bare SCP inst/s':>16} {'node inst/s':>12} "
+              f"{'node/bare':>10}")
         alone: dict[int, tuple[list[list[Path]], float]] = {}
-        for senders in (1, 4):
-            per = copies[: senders * args.series]
-            batches = [[f for series in per[i::senders] for f in series] for i in range(senders)]
-            n = sum(len(b) for b in batches)
-            bare = n / _bare(batches, work)
-            node = n / _node(batches, work)
-            print(f"{senders:>8} {bare:>16.1f} {node:>12.1f} {node / bare:>10.2f}")
-            alone[senders] = (batches, node)
+        for nodelay in (False, True):
+            for senders in senders_measured:
+                per = copies[: senders * args.series]
+                batches = [[f for series in per[i::senders] for f in series]
+                           for i in range(senders)]
+                n = sum(len(b) for b in batches)
+                bare = n / _bare(batches, work, nodelay)
+                node = n / _node(batches, work, nodelay)
+                setting = "TCP_NODELAY=1" if nodelay else "default"
+                print(f"{setting:>16} {senders:>8} {bare:>16.1f} {node:>12.1f} "
+                      f"{node / bare:>10.2f}")
+                if not nodelay and senders in (1, 4):
+                    alone[senders] = (batches, node)
         if args.during_adaptation:
             print(f"{'senders':>8} {'node inst/s':>12} {'+ adapting':>11} {'ratio':>6}")
             for senders, (batches, node) in alone.items():

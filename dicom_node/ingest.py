@@ -70,12 +70,9 @@ def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, sour
     """
     ids = identifying_uids(header)
     received_at = time.time() if now is None else now
-    with index.session() as session:
-        existing = session.scalars(
-            select(Instance).where(Instance.sop_instance_uid == ids["SOPInstanceUID"])).first()
-        if existing is not None:
-            series = existing.series
-            return IngestResult(series.id, existing.id, True, series.state, received_at)
+    duplicate = _duplicate(index, ids["SOPInstanceUID"], received_at)
+    if duplicate is not None:
+        return duplicate
     written = stored_at is None
     relative = store.new_relative_path() if stored_at is None else stored_at
     if written:
@@ -87,11 +84,10 @@ def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, sour
         # Another association stored the same SOP Instance UID meanwhile: ours is the duplicate.
         if written:
             store.delete(relative)
-        with index.session() as session:
-            existing = session.scalars(select(Instance).where(
-                Instance.sop_instance_uid == ids["SOPInstanceUID"])).one()
-            series = existing.series
-            return IngestResult(series.id, existing.id, True, series.state, received_at)
+        duplicate = _duplicate(index, ids["SOPInstanceUID"], received_at)
+        if duplicate is None:
+            raise
+        return duplicate
     except SQLAlchemyError:
         # The database went away, maybe during the COMMIT, whose outcome is then unknown: the
         # file stays (a committed row must never point at a deleted file), the sender is told
@@ -101,6 +97,21 @@ def ingest(index: Index, store: FileStore, data: bytes, header: Dataset, *, sour
         if written:
             store.delete(relative)
         raise
+
+
+def _duplicate(index: Index, sop_uid: str, received_at: float) -> IngestResult | None:
+    """The result for an instance the index already holds; None for a new one."""
+    # Columns, not ORM objects: this runs for every instance received and nearly always
+    # finds nothing.
+    with index.session() as session:
+        found = session.execute(
+            select(Instance.id, Instance.series_pk, Series.state)
+            .join(Series, Series.id == Instance.series_pk)
+            .where(Instance.sop_instance_uid == sop_uid)).first()
+    if found is None:
+        return None
+    instance_pk, series_pk, state = found
+    return IngestResult(series_pk, instance_pk, True, state, received_at)
 
 
 def _record(index: Index, ds: Dataset, ids: dict[str, str], relative: str, size: int,

@@ -45,15 +45,21 @@ class SeriesTracker:
         self.submit = submit
 
     def on_stored(self, result: IngestResult) -> None:
-        """(Re)schedule completion of the series of a newly stored instance."""
-        if result.series_state is SeriesState.RECEIVING:
+        """Make sure the series of a newly stored instance has its completion check.
+
+        A pending check is kept as it is: when it fires it finds the later instance in the
+        index and schedules itself again (:meth:`check`). A series of 1,000 instances thus
+        costs a few scheduler jobs instead of one replacement per instance.
+        """
+        if (result.series_state is SeriesState.RECEIVING
+                and self.scheduler.get_job(_job_id(result.series_pk)) is None):
             self.schedule(result.series_pk, result.received_at)
 
     def schedule(self, series_pk: int, last_received_at: float) -> None:
         """Check the series ``quiet_seconds`` after ``last_received_at``."""
         due = datetime.fromtimestamp(last_received_at + self.quiet_seconds, tz=UTC)
         self.scheduler.add_job(self.check, "date", run_date=due, args=[series_pk],
-                               id=f"series-{series_pk}", replace_existing=True,
+                               id=_job_id(series_pk), replace_existing=True,
                                misfire_grace_time=None)
 
     def check(self, series_pk: int) -> None:
@@ -74,3 +80,7 @@ class SeriesTracker:
             quiet_time_reached(series)
         log.info("series %d complete after %.0f s quiet: queued", series_pk, self.quiet_seconds)
         self.submit(series_pk)
+
+
+def _job_id(series_pk: int) -> str:
+    return f"series-{series_pk}"

@@ -5,6 +5,7 @@ Shared by the end-to-end, crash and Orthanc tests and by ``benchmarks/bench_inge
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -114,12 +115,14 @@ def bpr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 
 
 def storescu(port: int, files: Sequence[Path], *, calling: str = "STORESCU",
-             called: str = "BPR_NODE", timeout: float = 300
-             ) -> subprocess.CompletedProcess[str]:
-    """DCMTK storescu with all files in one association."""
+             called: str = "BPR_NODE", timeout: float = 300,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """DCMTK storescu with all files in one association; ``env`` adds to the environment
+    (``TCP_NODELAY=1`` turns Nagle's algorithm off in DCMTK)."""
     return subprocess.run(
         ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
-         *map(str, files)], capture_output=True, text=True, timeout=timeout, check=False)
+         *map(str, files)], capture_output=True, text=True, timeout=timeout, check=False,
+        env=None if env is None else {**os.environ, **env})
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

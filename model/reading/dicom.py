@@ -12,7 +12,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import MediaStorageDirectoryStorage
 
-from model.reading.dicom_assembly import SeriesPlan, plan_series, read_volume
+from model.reading.dicom_assembly import SeriesPlan, plan_series, read_volumes
 from model.reading.dicom_frames import Frame, frames_of, sop_class_of
 from model.reading.dicom_pixels import PixelSource
 from model.reading.hostile import READ_ERRORS, disguised_sequence, unclosed_items
@@ -87,11 +87,7 @@ def read_dicom_series(paths: Iterable[Path]) -> DicomReadResult:
     """
     scan = scan_dicom_series(paths)
     result = DicomReadResult(errors=scan.errors, headers=scan.headers)
-    for plan in scan.plans:
-        try:
-            result.volumes.append(read_volume(plan, result.errors))
-        except CTInputError as exc:
-            result.errors.append(str(exc))
+    result.volumes = read_volumes(scan.plans, result.errors)
     return result
 
 

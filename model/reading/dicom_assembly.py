@@ -121,6 +121,17 @@ def read_volume(plan: SeriesPlan, errors: list[str]) -> CTVolume:
                     sop_instance_uids=series.sop_instance_uids, warnings=series.warnings)
 
 
+def read_volumes(plans: list[SeriesPlan], errors: list[str]) -> list[CTVolume]:
+    """:func:`read_volume` of each plan; a plan that fails adds its reason to ``errors``."""
+    volumes = []
+    for plan in plans:
+        try:
+            volumes.append(read_volume(plan, errors))
+        except CTInputError as exc:
+            errors.append(str(exc))
+    return volumes
+
+
 @dataclass
 class DecodedSlices:
     """Which slices of a plan were decoded, and the header padding found in them."""

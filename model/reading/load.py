@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.reading.dicom import scan_dicom_series
-from model.reading.dicom_assembly import SeriesPlan, read_volume
+from model.reading.dicom_assembly import SeriesPlan, read_volumes
 from model.reading.nifti import is_nifti, read_nifti
 from model.reading.volume import CTInputError, CTVolume
 
@@ -66,9 +66,5 @@ def load_volumes(path: Path) -> LoadResult:
             result.volumes.append(read_nifti(f))
         except CTInputError as exc:
             result.errors.append(str(exc))
-    for plan in scan.plans:
-        try:
-            result.volumes.append(read_volume(plan, result.errors))
-        except CTInputError as exc:
-            result.errors.append(str(exc))
+    result.volumes += read_volumes(scan.plans, result.errors)
     return result

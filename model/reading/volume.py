@@ -15,8 +15,25 @@ class CTInputError(ValueError):
     """An input that cannot be turned into a CT volume; the message names the file and reason."""
 
 
+class _NamedSeries:
+    """What :class:`CTVolume` and :class:`SeriesDescription` derive alike from their fields."""
+
+    z_mm: npt.NDArray[np.float64]
+    source: str
+    series_instance_uid: str | None
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.z_mm.shape[0])
+
+    @property
+    def identity(self) -> str:
+        """SeriesInstanceUID when known, otherwise the source path."""
+        return self.series_instance_uid or self.source
+
+
 @dataclass
-class CTVolume:
+class CTVolume(_NamedSeries):
     """A stack of axial CT slices in Hounsfield units, ordered feet → head.
 
     Attributes
@@ -61,18 +78,9 @@ class CTVolume:
         if min(self.pixel_spacing_mm) <= 0 or not np.all(np.isfinite(self.pixel_spacing_mm)):
             raise CTInputError(f"{self.source}: invalid pixel spacing {self.pixel_spacing_mm}")
 
-    @property
-    def n_slices(self) -> int:
-        return int(self.hu.shape[0])
-
-    @property
-    def identity(self) -> str:
-        """SeriesInstanceUID when known, otherwise the source path."""
-        return self.series_instance_uid or self.source
-
 
 @dataclass
-class SeriesDescription:
+class SeriesDescription(_NamedSeries):
     """A series without its pixels: what interpretation needs besides scores and content.
 
     The attributes are those of :class:`CTVolume` (without ``hu``); a series that was
@@ -85,15 +93,6 @@ class SeriesDescription:
     series_instance_uid: str | None = None
     sop_instance_uids: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def n_slices(self) -> int:
-        return int(self.z_mm.shape[0])
-
-    @property
-    def identity(self) -> str:
-        """SeriesInstanceUID when known, otherwise the source path."""
-        return self.series_instance_uid or self.source
 
 
 #: Largest in-plane side of a :class:`ContentSample`.

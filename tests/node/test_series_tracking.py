@@ -8,6 +8,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.index import Index, Series, SeriesState, Study
+from dicom_node.ingest import IngestResult
 from dicom_node.recovery import recover_series
 from dicom_node.series_tracking import SeriesTracker
 from tests.node_harness import wait_for
@@ -88,3 +89,29 @@ def test_recover_requeues_interrupted_and_reschedules_receiving(tmp_path: Path) 
     assert _state(index, interrupted) is SeriesState.QUEUED
     assert _state(index, done) is SeriesState.DONE
     assert scheduler.get_job(f"series-{receiving}") is not None
+
+
+def test_instances_keep_the_pending_check_which_then_waits_for_the_last(tmp_path: Path
+                                                                        ) -> None:
+    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    scheduler = BackgroundScheduler()
+    scheduler.start(paused=True)
+    submitted: list[int] = []
+    tracker = SeriesTracker(index, scheduler, 30, submitted.append)
+    first = time.time()
+    pk = _series(index, SeriesState.RECEIVING, first)
+    tracker.on_stored(IngestResult(pk, 1, False, SeriesState.RECEIVING, first))
+    job = scheduler.get_job(f"series-{pk}")
+    assert job is not None
+    due = job.next_run_time
+    tracker.on_stored(IngestResult(pk, 2, False, SeriesState.RECEIVING, first + 5))
+    assert scheduler.get_job(f"series-{pk}").next_run_time == due  # no job per instance
+    with index.session() as db:  # the later instance, as ingest records it
+        db.get_one(Series, pk).last_received_at = first + 5
+    scheduler.remove_job(f"series-{pk}")
+    tracker.check(pk)  # the first check fires before the series is quiet
+    assert submitted == []
+    rescheduled = scheduler.get_job(f"series-{pk}")
+    assert rescheduled is not None
+    assert abs(rescheduled.next_run_time.timestamp() - (first + 35)) < 0.01
+    scheduler.shutdown()
