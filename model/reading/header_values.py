@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 #: series repeat most attributes (matrix, spacing, orientation, rescale), and converting
 #: values is most of the cost of reading a header.
 _converted: dict[tuple[Any, ...], Any] = {}
+_MISSING = object()
 #: Entries kept before the cache starts afresh (a few series' worth of distinct values).
 CONVERTED_VALUES_MAX = 4096
 
@@ -29,8 +30,9 @@ def header_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
     if not isinstance(element, RawDataElement):
         return element.value
     key = (tag, element.VR, element.value, element.is_implicit_VR, element.is_little_endian)
-    if key in _converted:
-        return _converted[key]
+    cached = _converted.get(key, _MISSING)  # one lookup: another thread may clear the cache
+    if cached is not _MISSING:
+        return cached
     value = ds[tag].value
     if len(_converted) >= CONVERTED_VALUES_MAX:
         _converted.clear()

@@ -19,6 +19,7 @@ from pydicom.uid import RLELossless
 from model.interpretation.analysis import analyze, analyze_plan, default_regressor
 from model.reading import dicom as dicom_reader
 from model.reading.dicom import read_dicom_series, scan_dicom_series
+from model.reading.header_values import header_value
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring import streaming
@@ -143,3 +144,16 @@ def test_streaming_never_holds_the_full_volume(volume: CTVolume, tmp_path: Path,
         tracemalloc.stop()
     assert streamed.slices.shape[0] == fine.n_slices
     assert peak < 0.6 * full_bytes, f"peak {peak / 1e6:.1f} MB, volume {full_bytes / 1e6:.1f} MB"
+
+
+def test_header_values_are_converted_once_per_distinct_encoding(volume: CTVolume,
+                                                                tmp_path: Path) -> None:
+    first, second = write_ct_series(shrink(volume, slices=slice(0, 2)), tmp_path)
+    a = pydicom.dcmread(first, stop_before_pixels=True)
+    b = pydicom.dcmread(second, stop_before_pixels=True)
+    assert header_value(a, "PixelSpacing") is header_value(b, "PixelSpacing")  # same bytes
+    b = pydicom.dcmread(second, stop_before_pixels=True)
+    b.PixelSpacing = [0.5, 0.5]  # no longer raw: read as set
+    assert [float(v) for v in header_value(b, "PixelSpacing")] == [0.5, 0.5]
+    assert header_value(b, "NoSuchKeyword", "default") == "default"
+    assert header_value(a, "ImagePositionPatient") == a.ImagePositionPatient
