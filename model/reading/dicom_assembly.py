@@ -22,7 +22,12 @@ import numpy.typing as npt
 from model.reading.dicom_frames import Frame, Vector
 from model.reading.dicom_pixels import frame_to_hu
 from model.reading.hostile import DECODE_ERRORS
-from model.reading.padding import describe_header_range, pad_below_air, padding_warning
+from model.reading.padding import (
+    BELOW_AIR_HU,
+    describe_header_range,
+    pad_below_air,
+    padding_warning,
+)
 from model.reading.volume import CTInputError, CTVolume, FloatArray, SeriesDescription
 
 #: Slices whose positions along the normal differ by at most this are duplicates.
@@ -140,10 +145,14 @@ class DecodedSlices:
     kept: list[int] = field(default_factory=list)
     #: Pixels set to padding, per description of the header values.
     header_padding: Counter[str] = field(default_factory=Counter)
+    #: Voxels below :data:`~model.reading.padding.BELOW_AIR_HU` after the header's padding
+    #: (counted while each slice is still in cache, for the below-air padding rule).
+    below_air: int = 0
 
     def extend(self, other: DecodedSlices) -> None:
         self.kept += other.kept
         self.header_padding.update(other.header_padding)
+        self.below_air += other.below_air
 
 
 def decode_slices(plan: SeriesPlan, start: int, out: FloatArray, errors: list[str]
@@ -157,13 +166,14 @@ def decode_slices(plan: SeriesPlan, start: int, out: FloatArray, errors: list[st
     frames = plan.frames[start:start + len(out)]
     as_stored = _stored_view(out, *plan.layout)
 
-    def decode(i: int) -> tuple[int, str | None]:
+    def decode(i: int) -> tuple[int, int, str | None]:
         f = frames[i]
         try:
             raw = f.pixels.stored_frame(f.frame, f.shape)
         except _DECODE_FAILURES as exc:
-            return 0, f"{f.path}: pixel data could not be decoded ({exc})"
-        return frame_to_hu(raw, f.slope, f.intercept, f.pixels.padding, as_stored[i]), None
+            return 0, 0, f"{f.path}: pixel data could not be decoded ({exc})"
+        n_padding = frame_to_hu(raw, f.slope, f.intercept, f.pixels.padding, as_stored[i])
+        return n_padding, int(np.count_nonzero(as_stored[i] < BELOW_AIR_HU)), None
 
     if len(frames) > 1 and READ_THREADS > 1:
         with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bpr-read") as pool:
@@ -171,12 +181,13 @@ def decode_slices(plan: SeriesPlan, start: int, out: FloatArray, errors: list[st
     else:
         results = [decode(i) for i in range(len(frames))]
     decoded = DecodedSlices()
-    for i, (n_padding, error) in enumerate(results):
+    for i, (n_padding, below_air, error) in enumerate(results):
         if error is not None:
             if error not in errors:
                 errors.append(error)
             continue
         decoded.kept.append(start + i)
+        decoded.below_air += below_air
         if n_padding:
             padding = frames[i].pixels.padding
             assert padding is not None

@@ -141,8 +141,8 @@ def frames_of(path: Path, pixels: PixelSource, ds: Dataset) -> list[Frame]:
     image_type = [str(v).upper() for v in (header_value(ds, "ImageType") or [])]
     multi_frame = sop_class != CTImageStorage
     n_frames = int(ds.get("NumberOfFrames") or 1) if multi_frame else 1
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    per_frame = (ds.get("PerFrameFunctionalGroupsSequence") or []) if multi_frame else []
+    shared = (ds.get("SharedFunctionalGroupsSequence") or []) if multi_frame else []
 
     def macro(index: int, keyword: str) -> Dataset | None:
         # Enhanced CT puts each functional group either per frame or once in the shared item.

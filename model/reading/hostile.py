@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from functools import lru_cache
 
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.tag import BaseTag, Tag
 
 #: What reading a malformed header can raise. pydicom has no single exception type for it;
 #: the list comes from fuzzing (tests/fuzz). OSError is among them: pydicom raises it for
@@ -47,11 +49,17 @@ def disguised_sequence(ds: Dataset, keywords: tuple[str, ...]) -> str | None:
     """
     meta = getattr(ds, "file_meta", None) or Dataset()
     for source, names in ((ds, keywords), (meta, _META_KEYWORDS)):
-        for keyword in names:
-            raw = source.get_item(keyword)
+        for keyword, tag in zip(names, _tags(names), strict=True):
+            raw = source.get_item(tag)
             if raw is not None and (raw.VR == "SQ" or getattr(raw, "length", 0) == 0xFFFFFFFF):
                 return keyword
     return None
+
+
+@lru_cache(maxsize=64)
+def _tags(keywords: tuple[str, ...]) -> tuple[BaseTag, ...]:
+    # looked up once per keyword list, not once per file
+    return tuple(Tag(keyword) for keyword in keywords)
 
 
 def unclosed_items(data: bytes) -> str | None:

@@ -66,15 +66,16 @@ def preprocess_slices(
     with torch.no_grad():
         for start in range(0, n, CHUNK_SLICES):
             chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + CHUNK_SLICES]))
-            # In place on a reused buffer: full-size temporaries of a 512² series cost more
-            # in page faults than the arithmetic itself.
-            x = buffer[: len(chunk)]
-            x.copy_(chunk).clamp_(HU_MIN, HU_MAX).sub_(HU_MIN).mul_(scale).sub_(1.0)
-            x4 = x.unsqueeze(1)
+            # Into a reused buffer: full-size temporaries of a 512² series cost more in page
+            # faults than the arithmetic itself. The clip is the only pass at full size; the
+            # linear map to [-1, 1] commutes with the (linear) resampling, so it runs on the
+            # small output.
+            x4 = torch.clamp(chunk, HU_MIN, HU_MAX, out=buffer[: len(chunk)]).unsqueeze(1)
             if (out_h, out_w) != (rows, cols):
                 # antialias=True widens the triangle filter when downsampling, so fine
                 # in-plane detail does not alias into the coarse network grid.
                 x4 = F.interpolate(x4, size=(out_h, out_w), mode="bilinear", antialias=True,
-                                   align_corners=False).clamp_(-1.0, 1.0)
+                                   align_corners=False)
+            x4 = x4.sub_(HU_MIN).mul_(scale).sub_(1.0).clamp_(-1.0, 1.0)
             result[start : start + CHUNK_SLICES] = _crop_or_pad(x4[:, 0], size).numpy()
     return result

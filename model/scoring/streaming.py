@@ -53,13 +53,12 @@ def stream_series(plan: SeriesPlan, errors: list[str]) -> StreamedSeries:
     slices = np.empty((n, size, size), np.float32)
     sample = np.empty((n, -(-rows // step), -(-cols // step)), np.float32)
     chunk = np.empty((min(n, CHUNK_SLICES), rows, cols), np.float32)
-    decoded, below_air = DecodedSlices(), 0
+    decoded = DecodedSlices()
     for start in range(0, n, CHUNK_SLICES):
         part = chunk[:min(CHUNK_SLICES, n - start)]
         got = decode_slices(plan, start, part, errors)
         good = part if len(got.kept) == len(part) else part[[k - start for k in got.kept]]
         at = len(decoded.kept)
-        below_air += int(np.count_nonzero(good < BELOW_AIR_HU))
         slices[at:at + len(good)] = preprocess.preprocess_slices(good, plan.pixel_spacing_mm)
         sample[at:at + len(good)] = good[:, ::step, ::step]
         decoded.extend(got)
@@ -69,6 +68,7 @@ def stream_series(plan: SeriesPlan, errors: list[str]) -> StreamedSeries:
     slices, sample = slices[:kept], sample[:kept]
     n_voxels = kept * rows * cols
     # pad_below_air's rule on the whole series, applied where the pixels still exist.
+    below_air = decoded.below_air
     withheld = below_air > MAX_PADDING_FRACTION * n_voxels
     if withheld:
         below_air = 0
