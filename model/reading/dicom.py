@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -136,16 +137,21 @@ def _read_header(path: Path, errors: list[str]) -> tuple[Dataset, int | None] | 
     element (None when not found, e.g. in a deflated file); None on failure.
 
     Only the first :data:`HEADER_PREFIX_BYTES` are read when the header ends within them,
-    as it does in nearly every CT file; otherwise the whole file.
+    as it does in nearly every CT file. A longer header (the per-frame groups of an Enhanced
+    CT) is read in steps of 16 times the bytes so far, not by reading the whole file.
     """
     try:
         with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
             data = f.read(HEADER_PREFIX_BYTES)
-            if len(data) == HEADER_PREFIX_BYTES:
+            while len(data) < size:
                 header = _parse_header(path, data, errors, complete=False)
                 if header is not None:
                     return header
-                data += f.read()
+                more = f.read(15 * len(data))
+                if not more:  # the file shrank meanwhile
+                    break
+                data += more
     except OSError as exc:
         errors.append(f"{path}: not readable ({exc.strerror or type(exc).__name__})")
         return None
