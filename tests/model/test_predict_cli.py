@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,18 @@ def test_batch_goes_on_after_bad_inputs(shared_data: Path, tmp_path: Path,
     for p in out.glob("*.json"):
         _strict_load(p)
         assert p.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_command_exits_with_its_status_and_flushed_output(shared_data: Path,
+                                                              tmp_path: Path) -> None:
+    """``python -m bpr predict`` ends without the interpreter's teardown (bpr.cli.run):
+    the JSON, stdout, stderr and the exit status must all still be there."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "bpr", "predict", str(shared_data / "ct" / "openkbp_pt_2.nii.gz"),
+         str(tmp_path / "missing.nii.gz"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1
+    assert "missing.nii.gz" in done.stderr
+    assert "openkbp_pt_2" in done.stdout and "->" in done.stdout
+    _strict_load(out / "openkbp_pt_2.json")
