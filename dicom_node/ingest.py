@@ -133,15 +133,9 @@ def _record(index: Index, ds: Dataset, ids: dict[str, str], relative: str, size:
                 return IngestResult(series.id, instance.id, False, series.state, received_at)
         except IntegrityError:
             # Study or series row created by a concurrent association: retry finds it.
-            if attempt == 1 or _instance_exists(index, ids["SOPInstanceUID"]):
+            if attempt == 1 or _duplicate(index, ids["SOPInstanceUID"], received_at):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _instance_exists(index: Index, sop_uid: str) -> bool:
-    with index.session() as session:
-        found = session.scalars(select(Instance.id).where(Instance.sop_instance_uid == sop_uid))
-        return found.first() is not None
 
 
 def _series(session: Session, ds: Dataset, ids: dict[str, str],

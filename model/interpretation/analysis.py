@@ -69,7 +69,7 @@ from model.interpretation.sanity import (
 )
 from model.interpretation.strict_json import jsonable
 from model.reading.dicom_assembly import SeriesPlan
-from model.reading.volume import ContentSample, CTVolume, SeriesDescription
+from model.reading.volume import ContentSample, CTVolume, FloatArray, SeriesDescription
 from model.scoring import preprocess
 from model.scoring.inference import BodyPartRegressor, SliceScores
 from model.scoring.streaming import stream_series
@@ -227,8 +227,14 @@ def score_with_content(volume: CTVolume, regressor: BodyPartRegressor
                        ) -> tuple[SliceScores, IntVector]:
     """Slice scores and tissue pixels per slice from one preprocessing pass."""
     slices = preprocess.preprocess_slices(volume.hu, volume.pixel_spacing_mm)
+    return _score_slices(slices, volume.z_mm, regressor)
+
+
+def _score_slices(slices: FloatArray, z_mm: npt.NDArray[np.float64],
+                  regressor: BodyPartRegressor) -> tuple[SliceScores, IntVector]:
+    """Scores and tissue pixels per slice of preprocessed ``slices``."""
     raw = regressor.raw_scores(slices)
-    scores = SliceScores(z_mm=volume.z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
+    scores = SliceScores(z_mm=z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
     return scores, body_pixel_counts(slices)
 
 
@@ -267,10 +273,9 @@ def analyze_plan(plan: SeriesPlan, errors: list[str],
     """
     regressor = regressor or default_regressor()
     streamed = stream_series(plan, errors)
-    raw = regressor.raw_scores(streamed.slices)
     series = streamed.description
-    scored = SliceScores(z_mm=series.z_mm, raw=raw, scores=regressor.to_reference_scale(raw))
-    result = interpret(series, scored, body_pixel_counts(streamed.slices), regressor,
+    scored, body_pixels = _score_slices(streamed.slices, series.z_mm, regressor)
+    result = interpret(series, scored, body_pixels, regressor,
                        settings or AnalysisSettings(), sample=streamed.sample)
     return result, series
 
