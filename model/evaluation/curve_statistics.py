@@ -27,6 +27,7 @@ from model.interpretation.postprocess import (
     tangential_slope_quantiles,
 )
 from model.interpretation.sanity import DETECT_FACTORS, MIN_SLICES_FOR_SLOPE, SlopeProfile
+from model.interpretation.spacing_tolerance import TOLERANCE_QUANTILES, WINDOW_EXTENTS_MM
 
 #: Curves whose slope lies outside [1/k, k] × the median training slope are left out of
 #: the slope statistics: the model cannot place their slices (small limb crops in our data)
@@ -61,6 +62,8 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
        same ratio with the z-spacing scaled by 2 and 0.5
        (:func:`calibrate_slope_ratio_range`), and the thesis' single
        ``slope_ratio_threshold`` θ against the mean slope (:func:`calibrate_slope_threshold`).
+    5. ``slope_ratio_by_extent``: what short windows of those curves reach
+       (:func:`extent_tolerance_statistics`), the tolerance of short series.
 
     Parameters
     ----------
@@ -95,6 +98,7 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
     threshold = calibrate_slope_threshold(full, float(slope["mean"]))
     return {"tangential_slope": tangential, "slope_per_mm": slope, "slope_profile": profile,
             "slope_ratio_range": [round(lo, 4), round(hi, 4)],
+            "slope_ratio_by_extent": extent_tolerance_statistics(full, expected),
             "slope_ratio_threshold": round(threshold, 4)}
 
 
@@ -199,11 +203,16 @@ def _typical_ratios(curves: Iterable[CleanedScores], expected: Expected) -> Floa
 
 
 def _expected_of(curve: CleanedScores, expected: Expected) -> float:
+    slope = _expected_at(curve.scores, expected)
+    if slope is None:
+        raise ValueError("a typical curve without cleaned scores")
+    return slope
+
+
+def _expected_at(scores: FloatVector, expected: Expected) -> float | None:
+    """Expected slope of a curve with these cleaned scores (None: no finite score)."""
     if isinstance(expected, SlopeProfile):
-        slope = expected.expected_slope(curve.scores)
-        if slope is None:
-            raise ValueError("a typical curve without cleaned scores")
-        return slope
+        return expected.expected_slope(scores)
     return float(expected)
 
 
@@ -244,6 +253,58 @@ def calibrate_slope_ratio_range(curves: Iterable[CleanedScores], expected_slope:
     lo = centre / math.sqrt(min(above)) if above else 0.0
     hi = centre / math.sqrt(max(below)) if below else math.inf
     return lo, hi
+
+
+def extent_tolerance_statistics(curves: Sequence[CleanedScores], expected: Expected,
+                                extents_mm: Sequence[float] = WINDOW_EXTENTS_MM
+                                ) -> dict[str, list[float] | list[int]]:
+    """``statistics["slope_ratio_by_extent"]``: |slope ratio| quantiles of short windows.
+
+    Every typical curve (:func:`typical_slopes`) is cut into windows of each extent, one
+    every half extent; each window with :data:`MIN_SLICES_FOR_SLOPE` cleaned slices over at
+    least 90 % of the extent gives its slope ÷ its expected slope, as a series of that
+    extent would at inference (:class:`~model.interpretation.spacing_tolerance.ExtentTolerance`).
+
+    Returns
+    -------
+    dict
+        ``{"extent_mm": [...], "ratio_low": [...], "ratio_high": [...], "n_windows": [...]}``
+        at :data:`~model.interpretation.spacing_tolerance.TOLERANCE_QUANTILES`; extents
+        without windows are left out.
+    """
+    slopes = [fitted_slope(c.z_mm, c.scores) if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE
+              else None for c in curves]
+    typical = set(typical_slopes([m for m in slopes if m is not None]).tolist())
+    chosen = [c for c, m in zip(curves, slopes, strict=True) if m is not None and m in typical]
+    rows: list[tuple[float, float, float]] = []
+    counts: list[int] = []
+    for extent in extents_mm:
+        ratios = np.abs([r for c in chosen for r in _window_ratios(c, expected, extent)])
+        if ratios.size == 0:
+            continue
+        low, high = np.quantile(ratios, TOLERANCE_QUANTILES)
+        rows.append((float(extent), round(float(low), 4), round(float(high), 4)))
+        counts.append(int(ratios.size))
+    return {"extent_mm": [r[0] for r in rows], "ratio_low": [r[1] for r in rows],
+            "ratio_high": [r[2] for r in rows], "n_windows": counts}
+
+
+def _window_ratios(curve: CleanedScores, expected: Expected, extent: float) -> list[float]:
+    z, s = curve.z_mm, curve.scores
+    finite = np.isfinite(s)
+    if not finite.any():
+        return []
+    first, last = float(z[finite].min()), float(z[finite].max())
+    ratios = []
+    for start in np.arange(first, last - extent + 1e-6, extent / 2):
+        inside = finite & (z >= start) & (z <= start + extent)
+        if inside.sum() < MIN_SLICES_FOR_SLOPE or np.ptp(z[inside]) < 0.9 * extent:
+            continue
+        slope = fitted_slope(z[inside], s[inside])
+        wanted = _expected_at(s[inside], expected)
+        if slope is not None and wanted is not None:
+            ratios.append(slope / wanted)
+    return ratios
 
 
 def calibrate_slope_threshold(curves: Iterable[CleanedScores], expected_slope: float,

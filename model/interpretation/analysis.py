@@ -67,6 +67,7 @@ from model.interpretation.sanity import (
     scope_anomaly,
     slope_anomalies,
 )
+from model.interpretation.spacing_tolerance import ExtentTolerance
 from model.interpretation.strict_json import jsonable
 from model.reading.dicom_assembly import SeriesPlan
 from model.reading.volume import ContentSample, CTVolume, FloatArray, SeriesDescription
@@ -301,7 +302,8 @@ def interpret(volume: CTVolume | SeriesDescription, scored: SliceScores,
     table = landmark_table(regressor.meta.reference_table)
     expected, valid_range, warnings = _slope_parameters(stats, settings, cleaned.scores)
     warnings = list(cleaned.warnings) + warnings
-    check = check_slope(z, cleaned.scores, expected, valid_range)
+    check = check_slope(z, cleaned.scores, expected, valid_range,
+                        tolerance=_tolerance(stats, settings))
     named_scores, partial = cleaned.scores, None
     if content.limb_crop:
         # the model cannot place a limb crop: its slope says nothing about the header
@@ -334,7 +336,7 @@ def interpret(volume: CTVolume | SeriesDescription, scored: SliceScores,
         valid_z_spacing=check.valid_z_spacing, z_spacing_mm=check.z_spacing_mm,
         expected_z_spacing_mm=check.expected_z_spacing_mm,
         observed_slope=check.observed_slope, expected_slope=check.expected_slope,
-        slope_ratio=check.slope_ratio, valid_slope_ratio_range=valid_range,
+        slope_ratio=check.slope_ratio, valid_slope_ratio_range=check.valid_range,
         anomalies=tuple(anomalies), warnings=tuple(warnings),
         model_version=regressor.meta.version, landmark_table=table,
         settings=_settings_dict(settings, cleaned, stats, expected, valid_range),
@@ -365,13 +367,14 @@ def _placed_part(z: npt.NDArray[np.float64], cleaned: npt.NDArray[np.float64],
     def expected_at(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         return profile.at(scores) if profile is not None else np.full(scores.shape, mean)
 
-    placement = find_placement(z, cleaned, expected_at, check.valid_range[0] / 2)
+    placed_floor = _ratio_range(stats, settings, [])[0] / 2  # as check_slope's unplaceable
+    placement = find_placement(z, cleaned, expected_at, placed_floor)
     if not placement.usable:
         return replace(check, placed_fraction=placement.fraction), cleaned, None
     placed = placement.only_placed(cleaned)
-    expected, _, _ = _slope_parameters(stats, settings, placed)
-    return (check_slope(z, placed, expected, check.valid_range), placed,
-            placement_anomaly(placement, z))
+    expected, valid_range, _ = _slope_parameters(stats, settings, placed)
+    return (check_slope(z, placed, expected, valid_range, tolerance=_tolerance(stats, settings)),
+            placed, placement_anomaly(placement, z))
 
 
 def _slope_parameters(stats: Mapping[str, Any], settings: AnalysisSettings,
@@ -414,6 +417,14 @@ def _ratio_range(stats: Mapping[str, Any], settings: AnalysisSettings,
     warnings.append(f"model has no slope_ratio_range or slope_ratio_threshold; the z-spacing "
                     f"check uses bpreg's threshold {DEFAULT_SLOPE_RATIO_THRESHOLD}")
     return ratio_range_from_threshold(DEFAULT_SLOPE_RATIO_THRESHOLD)
+
+
+def _tolerance(stats: Mapping[str, Any], settings: AnalysisSettings
+               ) -> ExtentTolerance | None:
+    """The model's short-series tolerance; none for a range set by hand (applied as given)."""
+    if settings.slope_ratio_range is not None or settings.slope_ratio_threshold is not None:
+        return None
+    return ExtentTolerance.from_statistics(stats.get("slope_ratio_by_extent"))
 
 
 def _positive(x: object) -> TypeGuard[float]:

@@ -37,6 +37,7 @@ from model.interpretation.postprocess import (
     FloatVector,
     fitted_slope,
 )
+from model.interpretation.spacing_tolerance import ExtentTolerance
 
 #: Scaling factors of the header z-spacing that the z-spacing check must detect.
 DETECT_FACTORS: tuple[float, ...] = (2.0, 0.5)
@@ -236,7 +237,8 @@ def ratio_range_from_threshold(threshold: float) -> tuple[float, float]:
 
 def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: float | None,
                 valid_range: tuple[float, float], *,
-                min_extent_mm: float = MIN_SLOPE_EXTENT_MM) -> SlopeCheck:
+                min_extent_mm: float = MIN_SLOPE_EXTENT_MM,
+                tolerance: ExtentTolerance | None = None) -> SlopeCheck:
     """Fit a line to the cleaned scores and run the z-ordering and z-spacing checks.
 
     Parameters
@@ -249,6 +251,9 @@ def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: flo
         The spacing is valid when r_lo ≤ |r| ≤ r_hi.
     min_extent_mm : float
         Cleaned slices spanning less leave both checks undecided.
+    tolerance : ExtentTolerance, optional
+        Widens ``valid_range`` for a series as short as the training windows it holds;
+        the check's ``valid_range`` is then the widened one.
     """
     z = np.asarray(z_mm, dtype=np.float64)
     s = np.asarray(cleaned, dtype=np.float64)
@@ -273,6 +278,8 @@ def check_slope(z_mm: npt.ArrayLike, cleaned: npt.ArrayLike, expected_slope: flo
         return SlopeCheck(slope, expected_slope, ratio, spacing, None, valid_range, None,
                           None, unplaceable=True, scored_extent_mm=extent)
     expected_spacing = spacing * abs(ratio) if spacing is not None else None
+    if tolerance is not None:
+        valid_range = tolerance.widen(valid_range, extent)
     valid = valid_range[0] <= abs(ratio) <= valid_range[1]
     return SlopeCheck(slope, expected_slope, ratio, spacing, expected_spacing, valid_range,
                       reverse, valid, scored_extent_mm=extent)

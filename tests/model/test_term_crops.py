@@ -147,3 +147,19 @@ def test_val_head_neck_chest_crops_are_named_right(shared_data: Path,
     assert s.exact_pct is not None and s.exact_pct >= 95.0, markdown_report(outcomes, [], ["val"])
     assert s.neck_named_neck_pct is not None and s.neck_named_neck_pct >= 90.0
     assert s.torso_withheld_monotone_pct is not None and s.torso_withheld_monotone_pct <= 5.0
+
+
+def test_val_crops_meet_the_issue_figures(shared_data: Path,
+                                          regressor: BodyPartRegressor) -> None:
+    # issue 11's done-when on every val crop, torso included: a short chest crop whose
+    # local slope is steep must not lose its term to the z-spacing check
+    items = [i for i in read_manifest(shared_data / "manifest.csv") if i.split == "val"]
+    outcomes = [o for item in items for o in evaluate_item(item, regressor)]
+    s = summarize(outcomes)
+    report = markdown_report(outcomes, [], ["val"])
+    assert s.exact_pct is not None and s.exact_pct >= 90.0, report
+    assert s.torso_withheld_monotone_pct is not None, report
+    assert s.torso_withheld_monotone_pct <= 5.0, report
+    onko_chest = [o for o in outcomes
+                  if o.crop.volume == "onkodicom_rt_thorax" and o.expected == "CHEST"]
+    assert onko_chest and all(o.got == "CHEST" for o in onko_chest), report
