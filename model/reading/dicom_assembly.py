@@ -155,13 +155,14 @@ class DecodedSlices:
         self.below_air += other.below_air
 
 
-def decode_slices(plan: SeriesPlan, start: int, out: FloatArray, errors: list[str]
-                  ) -> DecodedSlices:
+def decode_slices(plan: SeriesPlan, start: int, out: FloatArray, errors: list[str],
+                  finish: Callable[[int, FloatArray], None] | None = None) -> DecodedSlices:
     """Decode frames ``start .. start + len(out)`` of ``plan`` as HU into ``out``.
 
     Frames are decoded by :data:`READ_THREADS` threads; a frame that fails leaves its plane
     of ``out`` undefined, is missing from the returned ``kept`` and has its reason appended
-    to ``errors`` (once per file).
+    to ``errors`` (once per file). ``finish(i, out[i])`` runs in the decoding thread right
+    after plane ``i`` is decoded and counted, while it is still in cache.
     """
     frames = plan.frames[start:start + len(out)]
     as_stored = _stored_view(out, *plan.layout)
@@ -173,7 +174,10 @@ def decode_slices(plan: SeriesPlan, start: int, out: FloatArray, errors: list[st
         except _DECODE_FAILURES as exc:
             return 0, 0, f"{f.path}: pixel data could not be decoded ({exc})"
         n_padding = frame_to_hu(raw, f.slope, f.intercept, f.pixels.padding, as_stored[i])
-        return n_padding, int(np.count_nonzero(as_stored[i] < BELOW_AIR_HU)), None
+        below_air = int(np.count_nonzero(as_stored[i] < BELOW_AIR_HU))
+        if finish is not None:
+            finish(i, out[i])
+        return n_padding, below_air, None
 
     if len(frames) > 1 and READ_THREADS > 1:
         with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bpr-read") as pool:

@@ -25,6 +25,12 @@ INPUT_SIZE = 128
 CHUNK_SLICES = 64
 
 
+def clip_slice(hu: FloatArray) -> None:
+    """Clip HU to [HU_MIN, HU_MAX] in place: the one full-size step of
+    :func:`preprocess_slices`, for a reader to run while a slice is in cache."""
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+
+
 def _crop_or_pad(x: torch.Tensor, size: int) -> torch.Tensor:
     """Centre-crop or pad (with -1, air) the last two axes to ``size``."""
     out = x.new_full((*x.shape[:-2], size, size), -1.0)
@@ -43,6 +49,7 @@ def preprocess_slices(
     *,
     size: int = INPUT_SIZE,
     spacing_mm: float = PIXEL_SPACING_MM,
+    clipped: bool = False,
 ) -> FloatArray:
     """Turn HU slices into network input.
 
@@ -52,6 +59,9 @@ def preprocess_slices(
         Slices in Hounsfield units.
     pixel_spacing_mm : (float, float)
         Row and column spacing of ``hu``.
+    clipped : bool
+        ``hu`` is already clipped to [HU_MIN, HU_MAX] (:func:`clip_slice`, e.g. by the
+        reader while each slice was in cache): no pass is made at full size.
 
     Returns
     -------
@@ -62,7 +72,9 @@ def preprocess_slices(
     out_w = max(1, round(cols * pixel_spacing_mm[1] / spacing_mm))
     result = np.empty((n, size, size), dtype=np.float32)
     scale = 2.0 / (HU_MAX - HU_MIN)
-    buffer = torch.empty((min(n, CHUNK_SLICES), rows, cols), dtype=torch.float32)
+    resized = (out_h, out_w) != (rows, cols)
+    buffer = (None if clipped and resized
+              else torch.empty((min(n, CHUNK_SLICES), rows, cols), dtype=torch.float32))
     with torch.no_grad():
         for start in range(0, n, CHUNK_SLICES):
             chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + CHUNK_SLICES]))
@@ -70,8 +82,13 @@ def preprocess_slices(
             # faults than the arithmetic itself. The clip is the only pass at full size; the
             # linear map to [-1, 1] commutes with the (linear) resampling, so it runs on the
             # small output.
-            x4 = torch.clamp(chunk, HU_MIN, HU_MAX, out=buffer[: len(chunk)]).unsqueeze(1)
-            if (out_h, out_w) != (rows, cols):
+            if buffer is None:
+                x4 = chunk.unsqueeze(1)  # only read: interpolate makes the small copy
+            elif clipped:
+                x4 = buffer[: len(chunk)].copy_(chunk).unsqueeze(1)
+            else:
+                x4 = torch.clamp(chunk, HU_MIN, HU_MAX, out=buffer[: len(chunk)]).unsqueeze(1)
+            if resized:
                 # antialias=True widens the triangle filter when downsampling, so fine
                 # in-plane detail does not alias into the coarse network grid.
                 x4 = F.interpolate(x4, size=(out_h, out_w), mode="bilinear", antialias=True,

@@ -53,14 +53,23 @@ def stream_series(plan: SeriesPlan, errors: list[str]) -> StreamedSeries:
     slices = np.empty((n, size, size), np.float32)
     sample = np.empty((n, -(-rows // step), -(-cols // step)), np.float32)
     chunk = np.empty((min(n, CHUNK_SLICES), rows, cols), np.float32)
+    chunk_sample = np.empty((len(chunk), *sample.shape[1:]), np.float32)
+
+    def sample_and_clip(i: int, hu: FloatArray) -> None:
+        # the image checks see HU as read; the network input only the clipped range
+        chunk_sample[i] = hu[::step, ::step]
+        preprocess.clip_slice(hu)
+
     decoded = DecodedSlices()
     for start in range(0, n, CHUNK_SLICES):
         part = chunk[:min(CHUNK_SLICES, n - start)]
-        got = decode_slices(plan, start, part, errors)
-        good = part if len(got.kept) == len(part) else part[[k - start for k in got.kept]]
+        got = decode_slices(plan, start, part, errors, finish=sample_and_clip)
+        local = [k - start for k in got.kept]
+        good = part if len(local) == len(part) else part[local]
         at = len(decoded.kept)
-        slices[at:at + len(good)] = preprocess.preprocess_slices(good, plan.pixel_spacing_mm)
-        sample[at:at + len(good)] = good[:, ::step, ::step]
+        slices[at:at + len(good)] = preprocess.preprocess_slices(good, plan.pixel_spacing_mm,
+                                                                 clipped=True)
+        sample[at:at + len(good)] = chunk_sample[local]
         decoded.extend(got)
     kept = len(decoded.kept)
     if not kept:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.reading.nifti import read_nifti
-from model.scoring.preprocess import INPUT_SIZE, preprocess_slices
+from model.scoring.preprocess import INPUT_SIZE, clip_slice, preprocess_slices
 
 
 def test_hu_window_maps_to_unit_range() -> None:
@@ -54,3 +54,18 @@ def test_real_volume_is_centred_and_in_range(shared_data: Path) -> None:
     assert out.min() >= -1.0 and out.max() <= 1.0
     body = out > -0.6  # denser than -250 HU
     assert body[:, 44:84, 44:84].mean() > 0.5  # patient in the middle
+
+
+@pytest.mark.parametrize("spacing", [(0.78, 0.78), (3.5, 3.5)])  # resampled, and not
+def test_slices_clipped_by_the_reader_give_the_same_input(shared_data: Path,
+                                                          spacing: tuple[float, float]) -> None:
+    hu = read_nifti(shared_data / "ct" / "lidc_0003.nii.gz").hu[40:44].copy()
+    hu[:, 200:210, 200:210] = 3000.0  # metal, so both ends of the window are clipped
+    assert hu.min() < -1000.0
+    expected = preprocess_slices(hu, spacing)
+    clipped = hu.copy()
+    for plane in clipped:
+        clip_slice(plane)
+    before = clipped.copy()
+    np.testing.assert_array_equal(preprocess_slices(clipped, spacing, clipped=True), expected)
+    np.testing.assert_array_equal(clipped, before)  # the input is only read
