@@ -14,8 +14,11 @@ Every figure stands beside its baseline, measured in the same run and named in b
   resolution float32 volume before scoring it (the reader before streaming).
 
 ``gain`` says how many times better ours is: throughput ours / baseline, times and sizes
-baseline / ours. The end-to-end series is generated from a real NIfTI volume as uncompressed
-16-bit 512² DICOM; it is read from the page cache, so the read figures exclude disk latency.
+baseline / ours. End to end, ours, VGG16, our reader and the floor run in turn within
+each of ``--repeats`` rounds (ours and the floor three times per round), so that a shared
+machine's slow spells hit them alike. The end-to-end series is generated from a real NIfTI
+volume as uncompressed 16-bit 512² DICOM; it is read from the page cache, so the read figures
+exclude disk latency.
 Use ``--slices 1000`` for a thin-slice series.
 """
 
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -50,7 +53,13 @@ from model.reading.dicom_assembly import decode_slices
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring import preprocess
-from model.scoring.inference import INFERENCE_BATCH, BodyPartRegressor, ModelMeta, SliceScores
+from model.scoring.inference import (
+    INFERENCE_BATCH,
+    BodyPartRegressor,
+    ModelMeta,
+    ScoringNet,
+    SliceScores,
+)
 from model.scoring.network import STAGE_CHANNELS, SliceScoreNet, VGG16Baseline, count_parameters
 from model.scoring.streaming import CHUNK_SLICES, stream_series
 from tests.dicom_factory import write_ct_series
@@ -158,13 +167,29 @@ def run_pipeline(folder: Path, regressor: BodyPartRegressor, out: Path) -> dict[
     return dict(zip(STAGES, np.diff(t).tolist(), strict=True))
 
 
-def time_pipeline(folder: Path, regressor: BodyPartRegressor, out: Path,
-                  repeats: int) -> dict[str, float]:
-    """Median stage times and total of :func:`run_pipeline` after one untimed warm-up run."""
-    run_pipeline(folder, regressor, out)
-    runs = [run_pipeline(folder, regressor, out) for _ in range(repeats)]
-    medians = {s: statistics.median(r[s] for r in runs) for s in STAGES}
-    return {**medians, "total": statistics.median(sum(r.values()) for r in runs)}
+def interleaved_medians(runs: Mapping[str, tuple[Callable[[], Mapping[str, float]], int]],
+                        rounds: int) -> dict[str, dict[str, float]]:
+    """Median of every figure of each run, the runs taken in turn within each round.
+
+    ``runs`` maps a name to (a callable returning named seconds, how many calls per round).
+    One untimed round warms caches first. Interleaving makes a ratio between two runs fair
+    on a shared machine: a slow minute slows both, where timing one after the other once
+    moved a ratio by a third.
+    """
+    for fn, _ in runs.values():
+        fn()
+    times: dict[str, list[Mapping[str, float]]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (fn, calls) in runs.items():
+            times[name] += [fn() for _ in range(calls)]
+    return {name: {key: statistics.median(t[key] for t in got) for key in got[0]}
+            for name, got in times.items()}
+
+
+def pipeline_seconds(folder: Path, regressor: BodyPartRegressor, out: Path) -> dict[str, float]:
+    """Stage times of :func:`run_pipeline`, with their ``total``."""
+    stages = run_pipeline(folder, regressor, out)
+    return {**stages, "total": sum(stages.values())}
 
 
 def read_seconds(files: Sequence[Path]) -> float:
@@ -252,18 +277,20 @@ def series_rows(args: argparse.Namespace, ours_net: SliceScoreNet, base_net: nn.
         ours = BodyPartRegressor(ours_net, meta)
         # Same interface (n, 1, S, S) -> (n,); the cast only satisfies the annotation.
         base = BodyPartRegressor(cast(SliceScoreNet, base_net), meta)
-        # ours takes a second a run, so it gets more repeats: on a shared machine a median of
-        # three short runs still moved by a third between runs
-        t_ours = time_pipeline(folder, ours, Path(tmp) / "ours.json", max(args.repeats, 9))
-        t_base = time_pipeline(folder, base, Path(tmp) / "base.json", args.repeats)
         n = len(files)
-        rows += [Row(f"predict {n} slices: {s} [VGG16]", "s", t_ours[s], t_base[s])
+        # ours and the floor take a second or less, so they run three times per round
+        t = interleaved_medians({
+            "ours": (lambda: pipeline_seconds(folder, ours, Path(tmp) / "ours.json"), 3),
+            "base": (lambda: pipeline_seconds(folder, base, Path(tmp) / "base.json"), 1),
+            "read": (lambda: {"total": read_seconds(files)}, 3),
+            "floor": (lambda: {"total": dcmread_ms(files, True) * n / 1e3}, 3),
+        }, args.repeats)
+        floor = t["floor"]["total"]
+        rows += [Row(f"predict {n} slices: {s} [VGG16]", "s", t["ours"][s], t["base"][s])
                  for s in (*STAGES, "total")]
-        floor = dcmread_ms(files, True) * n / 1e3
-        reads = [read_seconds(files) for _ in range(args.repeats + 1)][1:]
         rows += [
-            Row(f"read {n} slices to HU [pydicom floor]", "s", statistics.median(reads), floor),
-            Row(f"predict {n} slices, total [pydicom floor]", "s", t_ours["total"], floor),
+            Row(f"read {n} slices to HU [pydicom floor]", "s", t["read"]["total"], floor),
+            Row(f"predict {n} slices, total [pydicom floor]", "s", t["ours"]["total"], floor),
             Row("pydicom dcmread, header only", "ms/file", dcmread_ms(files, False)),
             Row("pydicom dcmread + pixel_array", "ms/file", floor / n * 1e3),
         ]
@@ -304,13 +331,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours_net, base_net = SliceScoreNet().eval(), VGG16Baseline().eval()
     batch = torch.rand(INFERENCE_BATCH, 1, preprocess.INPUT_SIZE, preprocess.INPUT_SIZE) * 2 - 1
 
-    def throughput(net: nn.Module) -> float:
+    def throughput(net: Callable[[torch.Tensor], torch.Tensor]) -> float:
         with torch.inference_mode():
             return len(batch) / median_seconds(lambda: net(batch), args.repeats)
 
+    plain = throughput(ours_net)
     rows = [
-        Row(f"network, batch {len(batch)} [VGG16]", "slices/s", throughput(ours_net),
+        Row(f"network, batch {len(batch)} [VGG16]", "slices/s", plain,
             throughput(base_net), higher_is_better=True),
+        Row("network as scored (oneDNN) [as trained]", "slices/s",
+            throughput(ScoringNet(ours_net)), plain, higher_is_better=True),
         Row("parameters [VGG16]", "count", count_parameters(ours_net),
             count_parameters(base_net)),
         Row("weights file [VGG16]", "MB", weight_mb(ours_net), weight_mb(base_net)),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +101,30 @@ def scan_dicom_series(paths: Iterable[Path]) -> DicomScan:
     :func:`~model.reading.dicom_assembly.decode_slices` do that for the frames a plan keeps.
     Grouping and the checks are those of :func:`read_dicom_series`.
     """
+    with cycle_collection_paused():
+        return _scan(paths)
+
+
+@contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Pause Python's cycle collector while many long-lived objects are made.
+
+    Each parsed header adds some 100 container objects that live until the scan ends, and
+    every few thousand new objects start a collection that may walk the whole heap (torch
+    alone leaves 230,000 objects): a quarter of the header time of a 1,000-file series went
+    there. Reference counting still frees what is not in a cycle at once; the collector
+    resumes afterwards, unless someone else had turned it off.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _scan(paths: Iterable[Path]) -> DicomScan:
     scan = DicomScan()
     series: dict[str, list[Frame]] = defaultdict(list)
     uids: dict[str, str | None] = {}

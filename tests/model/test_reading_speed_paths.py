@@ -7,6 +7,7 @@ checked here against the plain way on series written from a real volume.
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pydicom.uid import RLELossless
 
 from model.interpretation.analysis import analyze, analyze_plan, default_regressor
 from model.reading import dicom as dicom_reader
-from model.reading.dicom import read_dicom_series, scan_dicom_series
+from model.reading.dicom import cycle_collection_paused, read_dicom_series, scan_dicom_series
 from model.reading.header_values import header_value
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
@@ -157,3 +158,20 @@ def test_header_values_are_converted_once_per_distinct_encoding(volume: CTVolume
     assert [float(v) for v in header_value(b, "PixelSpacing")] == [0.5, 0.5]
     assert header_value(b, "NoSuchKeyword", "default") == "default"
     assert header_value(a, "ImagePositionPatient") == a.ImagePositionPatient
+
+
+def test_the_header_scan_pauses_the_cycle_collector_and_restores_it() -> None:
+    seen: list[bool] = []
+    with cycle_collection_paused():
+        seen.append(gc.isenabled())
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        with cycle_collection_paused():
+            pass
+        assert not gc.isenabled()  # someone else's choice stands
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), cycle_collection_paused():
+        raise RuntimeError("a failing scan")
+    assert gc.isenabled()
