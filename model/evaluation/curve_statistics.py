@@ -115,13 +115,8 @@ def slope_profile(curves: Sequence[CleanedScores]) -> dict[str, Any]:
         ``{"score": [bin centres], "slope_per_mm": [medians], "n_curves": [counts],
         "bin_width": width}``; empty lists when no bin has enough curves.
     """
-    slopes = [fitted_slope(c.z_mm, c.scores) if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE
-              else None for c in curves]
-    typical = set(typical_slopes([m for m in slopes if m is not None]).tolist())
     per_bin: dict[float, list[float]] = {}
-    for curve, m in zip(curves, slopes, strict=True):
-        if m not in typical:
-            continue
+    for _, curve in typical_curves(curves):
         for centre, local in _bin_slopes(curve).items():
             per_bin.setdefault(centre, []).append(local)
     kept = sorted((c, v) for c, v in per_bin.items() if len(v) >= PROFILE_MIN_CURVES)
@@ -150,6 +145,16 @@ def _curve_slopes(curves: Iterable[CleanedScores]) -> FloatVector:
     slopes = [fitted_slope(c.z_mm, c.scores) for c in curves
               if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
     return np.array([m for m in slopes if m is not None], dtype=np.float64)
+
+
+def typical_curves(curves: Iterable[CleanedScores]) -> list[tuple[float, CleanedScores]]:
+    """(line-fit slope, curve) of the curves with enough cleaned slices and a typical slope
+    (:func:`typical_slopes`), in their order."""
+    fitted = [(fitted_slope(c.z_mm, c.scores), c) for c in curves
+              if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
+    pairs = [(m, c) for m, c in fitted if m is not None]
+    typical = set(typical_slopes([m for m, _ in pairs]).tolist())
+    return [(m, c) for m, c in pairs if m in typical]
 
 
 def typical_slopes(slopes: npt.ArrayLike, factor: float = SLOPE_OUTLIER_FACTOR) -> FloatVector:
@@ -192,11 +197,7 @@ def slope_statistics(curves: Iterable[CleanedScores]) -> dict[str, float | int]:
 def _typical_ratios(curves: Iterable[CleanedScores], expected: Expected) -> FloatVector:
     if isinstance(expected, float | int) and not expected > 0:
         raise ValueError(f"expected slope must be positive, got {expected}")
-    pairs = [(fitted_slope(c.z_mm, c.scores), c) for c in curves
-             if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
-    fitted = [(m, c) for m, c in pairs if m is not None]
-    typical = set(typical_slopes([m for m, _ in fitted]).tolist())
-    ratios = [m / _expected_of(c, expected) for m, c in fitted if m in typical]
+    ratios = [m / _expected_of(c, expected) for m, c in typical_curves(curves)]
     if not ratios:
         raise ValueError("no cleaned curve with a positive typical slope")
     return np.array(ratios, dtype=np.float64)
@@ -272,10 +273,7 @@ def extent_tolerance_statistics(curves: Sequence[CleanedScores], expected: Expec
         at :data:`~model.interpretation.spacing_tolerance.TOLERANCE_QUANTILES`; extents
         without windows are left out.
     """
-    slopes = [fitted_slope(c.z_mm, c.scores) if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE
-              else None for c in curves]
-    typical = set(typical_slopes([m for m in slopes if m is not None]).tolist())
-    chosen = [c for c, m in zip(curves, slopes, strict=True) if m is not None and m in typical]
+    chosen = [c for _, c in typical_curves(curves)]
     rows: list[tuple[float, float, float]] = []
     counts: list[int] = []
     for extent in extents_mm:
