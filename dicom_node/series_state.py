@@ -33,8 +33,9 @@ business, when to recover is :mod:`dicom_node.recovery`'s.
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import Connection, Float, bindparam, case, literal, or_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from dicom_node.index import Series, SeriesState
 
@@ -57,15 +58,44 @@ def first_instance_received(series: Series, analyzed_modalities: tuple[str, ...]
         series.state, series.error = SeriesState.RECEIVING, None
 
 
-def instance_received(series: Series) -> None:
+def _instance_received_statement() -> ReturningUpdate[int, SeriesState]:
+    state, received_at = Series.state, bindparam("received_at", type_=Float)
+    return update(Series).where(Series.series_instance_uid == bindparam("series_uid")).values(
+        state=case((state.in_(_REOPENED_BY_INSTANCE),
+                    literal(SeriesState.RECEIVING, state.type)), else_=state),
+        # SET expressions see the row as it was: PROCESSING before this instance
+        rerun_requested=or_(Series.rerun_requested, state == SeriesState.PROCESSING),
+        last_received_at=case((Series.last_received_at < received_at, received_at),
+                              else_=Series.last_received_at),
+        instances_received=Series.instances_received + 1,
+        original_body_part=case((Series.original_body_part == "", bindparam("body_part")),
+                                else_=Series.original_body_part),
+    ).returning(Series.id, Series.state)
+
+
+#: Built once: composing the statement cost more than executing it.
+_INSTANCE_RECEIVED = _instance_received_statement()
+
+
+def instance_received(connection: Connection, series_uid: str, received_at: float,
+                      body_part: str) -> tuple[int, SeriesState] | None:
     """A further instance: DONE, FAILED or QUEUED → RECEIVING; PROCESSING asks for a rerun.
 
-    RECEIVING stays (its quiet time restarts) and SKIPPED stays.
+    RECEIVING stays (its quiet time restarts) and SKIPPED stays. One ``UPDATE … RETURNING``
+    in the caller's transaction, which also counts the instance, advances the last-received
+    time and keeps the first BodyPartExamined received: it runs for every instance stored,
+    and on PostgreSQL its row lock orders it against a concurrent :func:`claim`.
+
+    Returns
+    -------
+    (int, SeriesState) or None
+        The series' primary key and its state after the instance; None when no series has
+        ``series_uid`` (the caller creates it with :func:`first_instance_received`).
     """
-    if series.state in _REOPENED_BY_INSTANCE:
-        series.state = SeriesState.RECEIVING
-    elif series.state is SeriesState.PROCESSING:
-        series.rerun_requested = True
+    row = connection.execute(_INSTANCE_RECEIVED, {"series_uid": series_uid,
+                                                  "received_at": received_at,
+                                                  "body_part": body_part}).first()
+    return None if row is None else (int(row[0]), SeriesState(row[1]))
 
 
 def quiet_time_reached(series: Series) -> None:

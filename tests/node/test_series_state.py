@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from dicom_node.index import Index, Series, SeriesState, Study
 from dicom_node.series_state import (
@@ -77,12 +78,38 @@ def test_first_instance_of_what_is_not_analyzed_is_skipped(modality: str, derive
 
 
 @pytest.mark.parametrize("state", ALL)
-def test_instance_received(state: SeriesState) -> None:
-    made = series(state)
-    instance_received(made)
+def test_instance_received(index: Index, state: SeriesState) -> None:
+    pk = stored(index, state)
+    with index.engine.begin() as connection:
+        uid = connection.execute(select(Series.series_instance_uid)
+                                 .where(Series.id == pk)).scalar_one()
+        after = instance_received(connection, uid, 5.0, "CHEST")
     reopened = state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.QUEUED)
-    assert made.state is (SeriesState.RECEIVING if reopened else state)
-    assert made.rerun_requested is (state is SeriesState.PROCESSING)
+    expected = SeriesState.RECEIVING if reopened else state
+    assert after == (pk, expected)
+    assert current(index, pk)[:2] == (expected, state is SeriesState.PROCESSING)
+    with index.session() as db:
+        row = db.get_one(Series, pk)
+        assert (row.instances_received, row.last_received_at) == (1, 5.0)
+        assert row.original_body_part == "CHEST"
+
+
+def test_instance_received_keeps_the_latest_time_and_first_body_part(index: Index) -> None:
+    pk = stored(index, SeriesState.RECEIVING)
+    with index.engine.begin() as connection:
+        uid = connection.execute(select(Series.series_instance_uid)
+                                 .where(Series.id == pk)).scalar_one()
+        instance_received(connection, uid, 9.0, "PELVIS")
+        instance_received(connection, uid, 7.0, "HEAD")  # a late arrival sent earlier
+    with index.session() as db:
+        row = db.get_one(Series, pk)
+        assert (row.instances_received, row.last_received_at) == (2, 9.0)
+        assert row.original_body_part == "PELVIS"
+
+
+def test_instance_of_an_unknown_series_changes_nothing(index: Index) -> None:
+    with index.engine.begin() as connection:
+        assert instance_received(connection, "1.9.9.9", 1.0, "") is None
 
 
 @pytest.mark.parametrize("state", ALL)
