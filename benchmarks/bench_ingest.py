@@ -6,7 +6,9 @@ Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64] [--senders 1
 1. Instances/s with 1, 4 and 16 concurrent DCMTK ``storescu`` senders, each sending its own
    copies of a real CT series (``../shared/data``), against (a) ``bpr serve`` — validate, fsync,
    index, track — and (b) a bare pynetdicom SCP in a subprocess that only writes each dataset
-   to a file (no fsync, no index): the baseline of the same run, reported as a ratio. Both
+   to a file (no fsync, no index): the baseline of the same run, reported as a ratio; and
+   (c) the same bare SCP writing each file as the node does (temporary name, fsync, rename,
+   folder fsync), the floor of any SCP that acknowledges only what survives a power cut. Both
    sender settings are measured: storescu's default, where Nagle's algorithm on the sender
    and delayed acknowledgements on the receiver hold every instance about 40 ms whatever
    either SCP does, and ``TCP_NODELAY=1`` (DCMTK's switch), where the receivers' own costs
@@ -49,12 +51,26 @@ from tests.node_harness import (
 )
 
 _BARE_SCP = """
-import sys, uuid
+import os, sys, uuid
 from pathlib import Path
 from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
-out = Path(sys.argv[2])
+out, durable = Path(sys.argv[2]), sys.argv[3] == "durable"
 def store(event):
-    (out / (uuid.uuid4().hex + ".dcm")).write_bytes(event.encoded_dataset())
+    final = out / (uuid.uuid4().hex + ".dcm")
+    if not durable:
+        final.write_bytes(event.encoded_dataset())
+        return 0
+    partial = final.with_suffix(".part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    view = memoryview(event.encoded_dataset(include_meta=True))
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+    os.close(fd)
+    os.replace(partial, final)
+    folder = os.open(out, os.O_RDONLY)
+    os.fsync(folder)
+    os.close(folder)
     return 0
 ae = AE("BPR_NODE")
 ae.maximum_associations = 32
@@ -91,11 +107,12 @@ def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("server not listening")
 
 
-def _bare(batches: list[list[Path]], work: Path, nodelay: bool) -> float:
+def _bare(batches: list[list[Path]], work: Path, nodelay: bool, durable: bool = False) -> float:
     port = free_port()
     out = work / f"bare-{port}"
     out.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", _BARE_SCP, str(port), str(out)])
+    process = subprocess.Popen([sys.executable, "-c", _BARE_SCP, str(port), str(out),
+                                "durable" if durable else "plain"])
     try:
         _wait_port(port, process)
         return _send_all(port, batches, nodelay)
@@ -224,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(copies)} series × {args.slices} slices of {first.Rows}×{first.Columns} CT "
               f"({sum(p.stat().st_size for p in copies[0]) / 1e6:.1f} MB per series)")
         print(f"{'storescu':>16} {'senders':>8} {'bare SCP inst/s':>16} {'node inst/s':>12} "
-              f"{'node/bare':>10}")
+              f"{'node/bare':>10} {'bare + fsync':>13} {'node/(bare + fsync)':>20}")
         alone: dict[int, tuple[list[list[Path]], float]] = {}
         for nodelay in (False, True):
             for senders in senders_measured:
@@ -234,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                 n = sum(len(b) for b in batches)
                 bare = n / _bare(batches, work, nodelay)
                 node = n / _node(batches, work, nodelay)
+                durable = n / _bare(batches, work, nodelay, durable=True)
                 setting = "TCP_NODELAY=1" if nodelay else "default"
                 print(f"{setting:>16} {senders:>8} {bare:>16.1f} {node:>12.1f} "
-                      f"{node / bare:>10.2f}")
+                      f"{node / bare:>10.2f} {durable:>13.1f} {node / durable:>20.2f}")
                 if not nodelay and senders in (1, 4):
                     alone[senders] = (batches, node)
         if args.during_adaptation:
