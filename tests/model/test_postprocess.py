@@ -120,6 +120,33 @@ def test_tails_with_atypical_slopes_are_removed() -> None:
     assert z[high].min() == 905.0 and mask[z >= 905].all()
 
 
+def _head_curve() -> tuple[np.ndarray, np.ndarray]:
+    """A brain rising to 99.6 at 95 mm, then a skull cap falling 0.3 per mm to 130 mm."""
+    z = np.arange(0.0, 135.0, 5.0)
+    s = 86.3 + 0.14 * z
+    s[z >= 100] = 99.6 - 0.3 * (z[z >= 100] - 95)
+    return z, s
+
+
+def test_a_skull_cap_falling_from_below_100_is_a_tail() -> None:
+    # bpreg's bound (100, its eyes end) sits at our vertex: the tilted GE head series peaked
+    # at 99.6 under one trained model and kept its fall, which flattened its slope
+    z, s = _head_curve()
+    mask = tail_mask(z, s, BOUNDS)
+    assert mask[z >= 100].all() and not mask[z < 100].any()
+
+
+def test_a_spike_or_a_small_dip_after_the_peak_is_no_skull_cap() -> None:
+    z, s = _head_curve()
+    rises_again = s.copy()
+    rises_again[-2:] = 96.0  # the fall turns back up: a spike at the peak, not a skull cap
+    assert not tail_mask(z, rises_again, BOUNDS)[z < 125].any()
+    z2 = np.arange(0.0, 100.0, 5.0)
+    dip = 86.3 + 0.14 * z2
+    dip[-3:] = dip[-4] - np.array([1.0, 2.0, 3.0])  # falls 3 units at the end: kept
+    assert not tail_mask(z2, dip, BOUNDS).any()
+
+
 def test_typical_tails_stay() -> None:
     z = np.arange(0.0, 1200.0, 5.0)
     s = -20.0 + 0.12 * z  # -20 … 123, slope 0.12 everywhere
