@@ -15,8 +15,7 @@ already applied by :class:`model.scoring.inference.BodyPartRegressor`:
    and removed slices are handled; a fixed-index filter would assume uniform spacing.
 3. **Remove tails** below :data:`TAIL_LOW_SCORE` or above :data:`TAIL_HIGH_SCORE` whose
    tangential slope (eq. 4.17) lies outside the model's 0.5 %–99.5 % quantiles
-   (``statistics["tangential_slope"]``), measured with :func:`tangential_slope_quantiles`,
-   and the fall of a skull cap after a peak above :data:`SKULL_CAP_SCORE`.
+   (``statistics["tangential_slope"]``, :func:`tangential_slope_quantiles`), and a skull cap's fall.
 
 Removed slices are NaN in the arrays here; JSON output turns them into null.
 """
@@ -54,16 +53,10 @@ SMOOTHING_TRUNCATE = 4.0
 #: Scores below / above which a curve end counts as a tail (pelvis start and eyes end).
 TAIL_LOW_SCORE = 0.0
 TAIL_HIGH_SCORE = 100.0
-#: A curve that peaks above this score (above every head landmark of the reference table,
-#: brainstem top 94.6–94.9) and from there falls to its end, by more than
-#: :data:`SKULL_CAP_FALL`, shows the skull cap, whose scores drop: that fall is a tail too.
-#: bpreg's bound of 100 is its eyes end; our scale reaches the vertex near 100, so the fall
-#: can begin below it (the tilted GE head series peaks at 100.1 under one model and 99.6
-#: under the next).
-SKULL_CAP_SCORE = 95.0
-#: Score units the end of a curve must lie below its peak to count as a skull cap's fall
-#: (about 5 cm at the mean slope); a dip of noise after the peak is far smaller.
-SKULL_CAP_FALL = 5.0
+#: A curve peaking above this score (above every head landmark: brainstem top 94.6–94.9) and
+#: falling from there to its end by more than SKULL_CAP_FALL (≈ 5 cm) shows the skull cap: a
+#: tail too. bpreg's 100 sits at our vertex (GE head peak: 100.1 or 99.6 by model).
+SKULL_CAP_SCORE, SKULL_CAP_FALL = 95.0, 5.0
 #: Quantiles of eq. 4.17 for the valid tangential slopes.
 TANGENTIAL_QUANTILES = (0.005, 0.995)
 #: bpreg's public-model defaults (per mm), used only when the model JSON lacks its own.
@@ -107,8 +100,7 @@ class PostprocessSettings:
             "empty_score_tolerance": self.empty_score_tolerance,
             "remove_tails": self.remove_tails,
             "tail_scores": list(self.tail_scores),
-            "tangential_slope": (list(self.tangential_slope)
-                                 if self.tangential_slope is not None else None),
+            "tangential_slope": self.tangential_slope and list(self.tangential_slope),
         }
 
 
@@ -270,11 +262,10 @@ def tail_mask(z_mm: npt.ArrayLike, smoothed: npt.ArrayLike, bounds: SlopeBounds,
 
     Along the direction of rising score, the low tail runs up to the last atypical
     tangential slope that starts below ``tail_scores[0]``, and the high tail from the first
-    atypical slope that ends above ``tail_scores[1]``, or from the curve's peak where that
-    lies above :data:`SKULL_CAP_SCORE` and the curve falls from it to its end by more than
-    :data:`SKULL_CAP_FALL` (the skull cap). The direction comes from the fitted slope, so a
-    reversed series loses its tails at the correct ends instead of everywhere (its slopes
-    would all be negative, hence atypical).
+    atypical slope that ends above ``tail_scores[1]``, or from a skull cap's peak
+    (:data:`SKULL_CAP_SCORE`). The direction comes from the fitted slope, so a reversed
+    series loses its tails at the correct ends instead of everywhere (its slopes would all
+    be negative, hence atypical).
 
     Parameters
     ----------
@@ -304,8 +295,7 @@ def tail_mask(z_mm: npt.ArrayLike, smoothed: npt.ArrayLike, bounds: SlopeBounds,
     if high.size:
         mask[idx[high[0] + 1:]] = True
     peak = int(np.argmax(sk))
-    after = sk[peak + 1:]
-    # a skull cap falls to the end of the curve; a spike's fall is followed by a rise again
+    after = sk[peak + 1:]  # a skull cap falls to the curve's end; a spike's fall rises again
     if (after.size and sk[peak] > SKULL_CAP_SCORE and sk[peak] - after[-1] > SKULL_CAP_FALL
             and int(np.argmin(after)) == after.size - 1):
         mask[idx[peak + 1:]] = True
@@ -321,9 +311,8 @@ def slope_bounds(statistics: Mapping[str, Any], settings: PostprocessSettings
     stored = statistics.get("tangential_slope")
     if isinstance(stored, Mapping) and _finite_number(stored.get("q005")) \
             and _finite_number(stored.get("q995")):
-        # Clamped at 0: where a model's training curves wobble backwards at a few slices
-        # (q005 < 0), falling tails would count as valid and stay, e.g. the flat, wobbling
-        # skull cap above the training data (a gantry-tilted head then looks unplaceable).
+        # Clamped at 0: where training curves wobble backwards (q005 < 0), falling tails
+        # would count as valid and stay, e.g. a tilted head's skull cap (then unplaceable).
         low = max(float(stored["q005"]), 0.0)
         return SlopeBounds(low, float(stored["q995"]), "model"), []
     low, high = DEFAULT_TANGENTIAL_SLOPE
