@@ -7,8 +7,9 @@ Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64] [--senders 1
    copies of a real CT series (``../shared/data``), against (a) ``bpr serve`` — validate, fsync,
    index, track — and (b) a bare pynetdicom SCP in a subprocess that only writes each dataset
    to a file (no fsync, no index): the baseline of the same run, reported as a ratio; and
-   (c) the same bare SCP writing each file as the node does (temporary name, fsync, rename,
-   folder fsync), the floor of any SCP that acknowledges only what survives a power cut. Both
+   (c) the same bare SCP writing each file with the node's own ``FileStore.write``
+   (temporary name, fsync, rename, folder fsync), the floor of any SCP that acknowledges
+   only what survives a power cut. Both
    sender settings are measured: storescu's default, where Nagle's algorithm on the sender
    and delayed acknowledgements on the receiver hold every instance about 40 ms whatever
    either SCP does, and ``TCP_NODELAY=1`` (DCMTK's switch), where the receivers' own costs
@@ -51,26 +52,17 @@ from tests.node_harness import (
 )
 
 _BARE_SCP = """
-import os, sys, uuid
+import sys, uuid
 from pathlib import Path
 from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
+from dicom_node.storage import FileStore
 out, durable = Path(sys.argv[2]), sys.argv[3] == "durable"
+files = FileStore(out)
 def store(event):
-    final = out / (uuid.uuid4().hex + ".dcm")
-    if not durable:
-        final.write_bytes(event.encoded_dataset())
-        return 0
-    partial = final.with_suffix(".part")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    view = memoryview(event.encoded_dataset(include_meta=True))
-    while view:
-        view = view[os.write(fd, view):]
-    os.fsync(fd)
-    os.close(fd)
-    os.replace(partial, final)
-    folder = os.open(out, os.O_RDONLY)
-    os.fsync(folder)
-    os.close(folder)
+    if durable:  # the node's own durable write, without validation or index
+        files.write(files.new_relative_path(), event.encoded_dataset(include_meta=True))
+    else:
+        (out / (uuid.uuid4().hex + ".dcm")).write_bytes(event.encoded_dataset())
     return 0
 ae = AE("BPR_NODE")
 ae.maximum_associations = 32
