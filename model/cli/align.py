@@ -12,7 +12,6 @@ from pathlib import Path
 from model.cli.output import write_json
 from model.paths import DEFAULT_WEIGHTS
 from model.reading.volume import CTInputError
-from model.tools.alignment import Method, prealign, score_profile
 
 
 def add_align_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +32,7 @@ def run_align_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr align``; returns the exit status."""
     from model.cli.inputs import one_series
     from model.evaluation.evaluate import load_regressor
+    from model.tools.alignment import Method, prealign, score_profile
 
     try:
         regressor = load_regressor(args.model)

@@ -11,24 +11,15 @@ import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.cli.output import write_json
 from model.paths import DEFAULT_WEIGHTS
 from model.reading.volume import CTInputError, CTVolume
-from model.scoring.inference import BodyPartRegressor
-from model.tools.crop_outputs import filter_mask, uids_in_range, write_cropped_nifti, write_uids
-from model.tools.cropping import (
-    DEFAULT_QUANTILES,
-    CropRange,
-    KnownRange,
-    crop_range,
-    known_range_from_landmarks,
-    known_range_from_scores,
-    known_range_from_training,
-    score_and_clean,
-    training_curves,
-)
+
+if TYPE_CHECKING:
+    from model.scoring.inference import BodyPartRegressor
+    from model.tools.cropping import CropRange, KnownRange
 
 
 def add_crop_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +37,9 @@ def add_crop_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
                           "(model reference table, else bpreg's published table)")
     src.add_argument("--from-training", type=Path, metavar="FOLDER_OR_CSV",
                      help="known range from an algorithm's training volumes")
-    p.add_argument("--quantiles", type=float, nargs=2, default=DEFAULT_QUANTILES,
+    # None: DEFAULT_QUANTILES, looked up when the command runs (model.tools.cropping
+    # loads torch, which no other bpr command should wait for)
+    p.add_argument("--quantiles", type=float, nargs=2, default=None,
                    metavar=("QMIN", "QMAX"),
                    help="quantiles of the per-volume min/max scores for --from-training "
                         "(default 0.25 0.75, as in the thesis)")
@@ -64,6 +57,14 @@ def add_crop_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def _known_range(args: argparse.Namespace, regressor: BodyPartRegressor) -> KnownRange:
     """The known range from whichever source the arguments name, widened by ``--margin``."""
+    from model.tools.cropping import (
+        DEFAULT_QUANTILES,
+        known_range_from_landmarks,
+        known_range_from_scores,
+        known_range_from_training,
+        training_curves,
+    )
+
     if args.scores is not None:
         known = known_range_from_scores(*args.scores)
     elif args.landmarks is not None:
@@ -73,7 +74,7 @@ def _known_range(args: argparse.Namespace, regressor: BodyPartRegressor) -> Know
         curves, errors = training_curves(args.from_training, regressor)
         for err in errors:
             print(f"warning: {err}", file=sys.stderr)
-        known = known_range_from_training(curves, tuple(args.quantiles))
+        known = known_range_from_training(curves, tuple(args.quantiles or DEFAULT_QUANTILES))
     return known.widened(args.margin)
 
 
@@ -99,6 +100,13 @@ def _message(exc: Exception) -> str:
 def _write_outputs(args: argparse.Namespace, volume: CTVolume, crop: CropRange
                    ) -> dict[str, Any]:
     """Write the requested files; returns what the JSON report adds about them."""
+    from model.tools.crop_outputs import (
+        filter_mask,
+        uids_in_range,
+        write_cropped_nifti,
+        write_uids,
+    )
+
     extra: dict[str, Any] = {}
     if args.out_nifti is not None:
         print(f"wrote {write_cropped_nifti(args.input, crop, args.out_nifti)}")
@@ -117,6 +125,7 @@ def run_crop_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr crop``; returns the exit status."""
     from model.cli.inputs import one_series
     from model.evaluation.evaluate import load_regressor
+    from model.tools.cropping import crop_range, score_and_clean
 
     try:
         volume = one_series(args.input)

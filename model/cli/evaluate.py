@@ -6,8 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from model.paths import DEFAULT_WEIGHTS, shared_data_dir
 
 
@@ -34,6 +32,8 @@ def add_evaluate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr evaluate``: score, measure, report; returns the exit status."""
     import json
+
+    import torch
 
     from model.cli.output import write_json
     from model.evaluation.calibration import model_statistics, write_calibration

@@ -7,10 +7,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from model.paths import DEFAULT_WEIGHTS
 from model.reading.volume import CTInputError, CTVolume, SeriesDescription
 
@@ -35,6 +31,9 @@ def add_predict_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def run_predict_command(args: argparse.Namespace) -> int:
     """Handler of ``bpr predict``; returns the exit status (1 if any input failed)."""
+    import torch
+    from tqdm import tqdm
+
     from model.reading.load import scan_input
     from model.scoring.inference import BodyPartRegressor
 
@@ -101,6 +100,8 @@ def _predict_one(item: Path | SeriesPlan, regressor: BodyPartRegressor,
 
 def _plot_result(result: BodyPartResult, png: Path) -> None:
     """PNG of the score curves with regions and landmarks, for ``--plot``."""
+    import numpy as np
+
     from model.tools.plot import plot_scores
 
     regions = {name: (r.z_min_mm, r.z_max_mm) for name, r in result.regions.items()

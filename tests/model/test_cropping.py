@@ -266,3 +266,20 @@ def test_crop_command_rejects_uids_for_nifti(shared_data: Path, tmp_path: Path,
                         "--scores", "40", "80", "--out-uids", str(tmp_path / "u.txt")])
     assert status == 1
     assert "needs a DICOM series" in capsys.readouterr().err
+
+
+def test_crop_command_takes_the_known_range_from_training_volumes(
+        shared_data: Path, tmp_path: Path, regressor: BodyPartRegressor) -> None:
+    names = ("openkbp_pt_60", "lidc_0003")
+    training = tmp_path / "training.csv"
+    training.write_text("file\n" + "".join(f"{shared_data / 'ct' / n}.nii.gz\n" for n in names))
+    report = tmp_path / "crop.json"
+    status = _crop_cli(["crop", str(shared_data / "ct" / "openkbp_pt_60.nii.gz"),
+                        "--from-training", str(training), "--json", str(report)])
+    assert status == 0
+    # the thesis's quantiles (0.25, 0.75) when --quantiles is not given
+    curves = [score_and_clean(read_nifti(shared_data / "ct" / f"{n}.nii.gz"), regressor).scores
+              for n in names]
+    expected = known_range_from_training(curves, (0.25, 0.75))
+    known = json.loads(report.read_text())["known_range"]
+    assert (known["s_min"], known["s_max"]) == pytest.approx((expected.s_min, expected.s_max))
