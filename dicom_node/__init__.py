@@ -38,7 +38,8 @@ One module per concern; each rule of the node has one owner:
 - :mod:`dicom_node.server` — wires them into the running node;
 - :mod:`dicom_node.commands` — the node's ``bpr`` commands (arguments only; the work below is
   imported when a command runs);
-- :mod:`dicom_node.cli` — ``bpr serve``, ``bpr index`` and ``bpr reprocess``;
+- :mod:`dicom_node.cli` — ``bpr serve`` and ``bpr index``;
+- :mod:`dicom_node.reprocess_cli` — ``bpr reprocess``;
 - :mod:`dicom_node.adapt_cli` — ``bpr adapt`` and ``bpr models``;
 - :mod:`dicom_node.backfill_cli` — ``bpr backfill``.
 

@@ -1,6 +1,7 @@
 """The node's ``bpr`` commands: their arguments, and their work imported only when they run.
 
-``serve``, ``index`` and ``reprocess`` are done in :mod:`dicom_node.cli`, ``backfill`` in
+``serve`` and ``index`` are done in :mod:`dicom_node.cli`, ``reprocess`` in
+:mod:`dicom_node.reprocess_cli`, ``backfill`` in
 :mod:`dicom_node.backfill_cli`, ``adapt`` and ``models`` in :mod:`dicom_node.adapt_cli`.
 Registering them imports nothing but :mod:`argparse`, so ``bpr predict`` and the other model
 commands start without the node's database, network and web libraries.
@@ -61,7 +62,7 @@ def add_reprocess(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--failed", action="store_true", help="all FAILED series")
     p.add_argument("--since", help="series received since this date (YYYYMMDD) that another "
                                    "model version than the active one analyzed")
-    p.set_defaults(func=later("dicom_node.cli", "run_reprocess"))
+    p.set_defaults(func=later("dicom_node.reprocess_cli", "run_reprocess"))
 
 
 def add_backfill(sub: SubParsers[argparse.ArgumentParser]) -> None:

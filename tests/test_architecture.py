@@ -107,6 +107,16 @@ def test_the_command_line_starts_without_the_node_libraries() -> None:
                 "nibabel", "matplotlib", "pydicom"} & loaded
 
 
+def test_querying_the_index_loads_neither_the_model_nor_the_network() -> None:
+    """``bpr index`` answers a pipeline's query without torch (~1 s), pydicom or pynetdicom."""
+    probe = ("import sys, dicom_node.cli\n"
+             "print('\\n'.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                check=True, cwd=REPO).stdout.split())
+    assert "dicom_node.cli" in loaded
+    assert not {"torch", "pydicom", "pynetdicom", "model.api", "highdicom"} & loaded
+
+
 def test_the_state_choices_follow_the_state_machine() -> None:
     from dicom_node.commands import SERIES_STATES
     from dicom_node.index import SeriesState
