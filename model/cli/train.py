@@ -57,8 +57,13 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="γ of the anchor loss: image landmarks pulled to bpreg's published"
                         " scores (0: off)")
     p.add_argument("--retain-weight", type=float, default=0.0,
-                   help="with --init: weight that keeps the starting scores of slices it"
-                        " places at or above the lung top (head and neck)")
+                   help="weight that keeps the teacher's scores of slices it places at or"
+                        " above the lung top (head and neck); the teacher is --teacher,"
+                        " else --init")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="with --retain-weight: the model whose head and neck scores are"
+                        " kept (a run from scratch keeps them too); without --init its .json"
+                        " calibration sets the anchor targets' raw units")
     p.add_argument("--torso-factor", type=float, default=1.0,
                    help="sampling factor of volumes that show a landmark below the lung top")
     p.add_argument("--phantom-variants", type=int, default=0,
@@ -73,8 +78,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from model.training.train import TrainConfig
 
     scale, offset = TrainConfig.anchor_scale, TrainConfig.anchor_offset
-    if args.init is not None and args.init.with_suffix(".json").exists():
-        meta = ModelMeta.read(args.init.with_suffix(".json"))
+    # the raw units that the anchors and the retained scores must share
+    units = args.init if args.init is not None else args.teacher
+    if units is not None and units.with_suffix(".json").exists():
+        meta = ModelMeta.read(units.with_suffix(".json"))
         if meta.score_scale != 1.0:  # 1.0: exported but not yet calibrated
             scale, offset = meta.score_scale, meta.score_offset
     return TrainConfig(
@@ -86,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         anchor_weight=args.anchor_weight, torso_factor=args.torso_factor,
         retain_weight=args.retain_weight,
         anchor_scale=scale, anchor_offset=offset, init_weights=str(args.init or ""),
+        teacher_weights=str(args.teacher or ""),
         extra={"phantom_variants": str(args.phantom_variants)},
     )
 

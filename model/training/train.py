@@ -64,11 +64,13 @@ class TrainConfig:
     anchor_delta: float = 0.4
     anchor_scale: float = 12.35
     anchor_offset: float = 67.42
-    # Retention (fine-tuning only): slices that the starting model scores at or above
-    # ``retain_above`` (calibrated; default bpreg's lung_end: the head and neck, where it is
-    # accurate) keep that raw score, with weight ρ and the anchors' Huber δ.
+    # Retention: slices that the teacher (``teacher_weights``, else the starting weights)
+    # scores at or above ``retain_above`` (calibrated; default bpreg's lung_end: the head and
+    # neck, where it is accurate) keep that raw score, with weight ρ and the anchors' Huber δ.
+    # A teacher lets a run from scratch keep a scale that no anchor holds.
     retain_weight: float = 0.0
     retain_above: float = 75.4
+    teacher_weights: str = ""
     # Sampling factor of volumes that show a landmark below the lung top (the torso).
     torso_factor: float = 1.0
     # Start from these weights (fine-tuning) instead of a random initialisation.
@@ -201,6 +203,18 @@ def _retained_scores(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainC
     return out
 
 
+def _teacher(net: SliceScoreNet, cfg: TrainConfig) -> SliceScoreNet:
+    """The model whose scores retention keeps: ``cfg.teacher_weights``, else the starting
+    weights (``net`` as loaded from ``cfg.init_weights``)."""
+    if cfg.teacher_weights:
+        teacher = SliceScoreNet(cfg.channels)
+        teacher.load_state_dict(torch.load(cfg.teacher_weights, weights_only=True))
+        return teacher
+    if not cfg.init_weights:
+        raise ValueError("retention needs a model to keep the scores of: --init or --teacher")
+    return net
+
+
 @dataclass
 class _RunState:
     """Everything a checkpoint holds to continue a run bit-identically."""
@@ -262,8 +276,8 @@ def train(
     retained = None
     if cfg.init_weights:
         net.load_state_dict(torch.load(cfg.init_weights, weights_only=True))
-        if cfg.retain_weight:
-            retained = _retained_scores(net, train_volumes, cfg)
+    if cfg.retain_weight:
+        retained = _retained_scores(_teacher(net, cfg), train_volumes, cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,

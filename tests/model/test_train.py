@@ -134,6 +134,30 @@ def test_retention_keeps_the_starting_scores_of_the_head_and_neck(
     assert drift(3.0, "kept") < 0.5 * drift(0.0, "free")
 
 
+def test_a_teacher_lends_its_scores_to_a_run_from_scratch(volumes: list[TrainVolume],
+                                                         tmp_path: Path) -> None:
+    teacher = train(volumes, [], _config(), tmp_path / "teacher", progress=False)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    raw = np.concatenate([score_stack(teacher, v.slices) for v in volumes])
+    threshold = float(np.median(raw))
+
+    def drift(retain_weight: float, name: str) -> float:
+        # another seed: without retention the student owes the teacher nothing
+        cfg = _config(seed=1, retain_weight=retain_weight, anchor_scale=1.0, anchor_offset=0.0,
+                      retain_above=threshold, teacher_weights=str(tmp_path / "teacher.pt"))
+        student = train(volumes, [], cfg, tmp_path / name, progress=False)
+        new = np.concatenate([score_stack(student, v.slices) for v in volumes])
+        return float(np.abs(new - raw)[raw >= threshold].mean())
+
+    assert drift(3.0, "taught") < 0.5 * drift(0.0, "alone")
+
+
+def test_retention_without_a_model_to_keep_is_refused(volumes: list[TrainVolume],
+                                                      tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--init or --teacher"):
+        train(volumes, [], _config(retain_weight=1.0), tmp_path, progress=False)
+
+
 def test_train_options_take_the_anchor_units_from_the_starting_model(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     add_training_options(parser)
@@ -149,3 +173,8 @@ def test_train_options_take_the_anchor_units_from_the_starting_model(tmp_path: P
     ModelMeta(version="x", channels=[16]).write(tmp_path / "m.json")
     cfg = config_from_args(parser.parse_args(["--init", str(tmp_path / "m.pt")]))
     assert (cfg.anchor_scale, cfg.anchor_offset) == (12.35, 67.42)
+    # a run from scratch with a teacher takes the teacher's units, and keeps its scores
+    cfg = config_from_args(parser.parse_args(["--teacher", str(DEFAULT_WEIGHTS),
+                                              "--retain-weight", "1"]))
+    assert (cfg.anchor_scale, cfg.anchor_offset) == (meta.score_scale, meta.score_offset)
+    assert (cfg.init_weights, cfg.teacher_weights) == ("", str(DEFAULT_WEIGHTS))
