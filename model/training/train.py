@@ -98,7 +98,7 @@ def _balanced_weights(volumes: list[TrainVolume], torso_factor: float = 1.0) -> 
 class Batch:
     """One training step's input: B·m order slices, then the anchor slices.
 
-    ``retain_target`` holds, per order slice, the starting model's raw score where that
+    ``retain_target`` holds, per order slice, the teacher's raw score where that
     slice is retained (see :attr:`TrainConfig.retain_weight`) and NaN elsewhere; it is empty
     when nothing is retained.
     """
@@ -115,7 +115,7 @@ def _gather(rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndar
     """m equidistant slices of each picked volume, then the anchors of each pick.
 
     ``anchor_targets_raw`` and ``retained`` are per volume (index of ``volumes``): the
-    anchors' raw targets and the starting model's retained raw scores (NaN: free).
+    anchors' raw targets and the teacher's retained raw scores (NaN: free).
     """
     batch, delta_h, retain = [], [], []
     for i in picks:
@@ -191,14 +191,14 @@ def validate(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -
 
 def _retained_scores(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig
                      ) -> list[np.ndarray]:
-    """Per volume, the starting model's raw score of every slice it places at or above
-    ``cfg.retain_above``, NaN elsewhere."""
+    """Per volume, the teacher's raw score (``net``: see :func:`_teacher`) of every slice it
+    places at or above ``cfg.retain_above``, NaN elsewhere."""
     threshold = (cfg.retain_above - cfg.anchor_offset) / cfg.anchor_scale
     out = []
     for v in volumes:
         raw = score_stack(net, v.slices).astype(np.float32)
         out.append(np.where(raw >= threshold, raw, np.nan).astype(np.float32))
-    log.info("retaining the starting scores of %d slices",
+    log.info("retaining the teacher's scores of %d slices",
              sum(int(np.isfinite(r).sum()) for r in out))
     return out
 
