@@ -115,41 +115,43 @@ def test_torso_factor_raises_the_share_of_torso_volumes(volumes: list[TrainVolum
     assert raised.sum() == pytest.approx(1.0)
 
 
+def _reference(volumes: list[TrainVolume], out: Path) -> tuple[Path, np.ndarray, float]:
+    """A briefly trained model saved under ``out``, its raw scores and their median."""
+    net = train(volumes, [], _config(), out, progress=False)
+    weights = out / "reference.pt"
+    torch.save(net.state_dict(), weights)
+    raw = np.concatenate([score_stack(net, v.slices) for v in volumes])
+    return weights, raw, float(np.median(raw))
+
+
+def _drift(volumes: list[TrainVolume], out: Path, raw: np.ndarray, threshold: float,
+           **cfg: object) -> float:
+    """Mean change of the scores at or above ``threshold`` after a run with ``cfg``."""
+    net = train(volumes, [], _config(retain_above=threshold, anchor_scale=1.0,
+                                     anchor_offset=0.0, **cfg), out, progress=False)
+    new = np.concatenate([score_stack(net, v.slices) for v in volumes])
+    return float(np.abs(new - raw)[raw >= threshold].mean())
+
+
 def test_retention_keeps_the_starting_scores_of_the_head_and_neck(
         volumes: list[TrainVolume], tmp_path: Path) -> None:
-    start = train(volumes, [], _config(), tmp_path / "start", progress=False)
-    torch.save(start.state_dict(), tmp_path / "start.pt")
-    raw = np.concatenate([score_stack(start, v.slices) for v in volumes])
     # retain the upper half of what the starting model scores; the anchors pull elsewhere
-    threshold = float(np.median(raw))
-
-    def drift(retain_weight: float, name: str) -> float:
-        cfg = _config(anchor_weight=1.0, retain_weight=retain_weight, anchor_scale=1.0,
-                      anchor_offset=0.0, retain_above=threshold,
-                      init_weights=str(tmp_path / "start.pt"))
-        tuned = train(volumes, [], cfg, tmp_path / name, progress=False)
-        new = np.concatenate([score_stack(tuned, v.slices) for v in volumes])
-        return float(np.abs(new - raw)[raw >= threshold].mean())
-
-    assert drift(3.0, "kept") < 0.5 * drift(0.0, "free")
+    start, raw, threshold = _reference(volumes, tmp_path / "start")
+    kept = _drift(volumes, tmp_path / "kept", raw, threshold, anchor_weight=1.0,
+                  retain_weight=3.0, init_weights=str(start))
+    free = _drift(volumes, tmp_path / "free", raw, threshold, anchor_weight=1.0,
+                  init_weights=str(start))
+    assert kept < 0.5 * free
 
 
 def test_a_teacher_lends_its_scores_to_a_run_from_scratch(volumes: list[TrainVolume],
                                                          tmp_path: Path) -> None:
-    teacher = train(volumes, [], _config(), tmp_path / "teacher", progress=False)
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    raw = np.concatenate([score_stack(teacher, v.slices) for v in volumes])
-    threshold = float(np.median(raw))
-
-    def drift(retain_weight: float, name: str) -> float:
-        # another seed: without retention the student owes the teacher nothing
-        cfg = _config(seed=1, retain_weight=retain_weight, anchor_scale=1.0, anchor_offset=0.0,
-                      retain_above=threshold, teacher_weights=str(tmp_path / "teacher.pt"))
-        student = train(volumes, [], cfg, tmp_path / name, progress=False)
-        new = np.concatenate([score_stack(student, v.slices) for v in volumes])
-        return float(np.abs(new - raw)[raw >= threshold].mean())
-
-    assert drift(3.0, "taught") < 0.5 * drift(0.0, "alone")
+    teacher, raw, threshold = _reference(volumes, tmp_path / "teacher")
+    # another seed: without retention the student owes the teacher nothing
+    taught = _drift(volumes, tmp_path / "taught", raw, threshold, seed=1, retain_weight=3.0,
+                    teacher_weights=str(teacher))
+    alone = _drift(volumes, tmp_path / "alone", raw, threshold, seed=1)
+    assert taught < 0.5 * alone
 
 
 def test_retention_without_a_model_to_keep_is_refused(volumes: list[TrainVolume],
