@@ -57,11 +57,15 @@ def test_the_node_uses_no_torch() -> None:
     assert not users
 
 
+def modules_loaded_by(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    probe = f"import sys\n{code}\nprint('\\n'.join(sorted(sys.modules)))"
+    return set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True, cwd=REPO).stdout.split())
+
+
 def test_importing_the_door_loads_no_training_or_evaluation_code() -> None:
-    probe = ("import sys, model.api\n"
-             "print('\\n'.join(sorted(sys.modules)))")
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True, cwd=REPO).stdout.split()
+    loaded = modules_loaded_by("import model.api")
     heavy = [m for m in loaded if m.startswith(("model.training", "model.evaluation",
                                                 "model.tools", "model.cli", "nibabel",
                                                 "dicom_node", "matplotlib"))]
@@ -95,12 +99,8 @@ def test_the_command_line_starts_without_the_node_libraries() -> None:
     (~0.2 s; the image checks fill holes with numpy). Building the parser loads no torch
     (~1 s), pydicom, nibabel or matplotlib either: each command imports what it uses when
     it runs, so ``bpr --help`` and the node's commands do not wait for the model's."""
-    probe = ("import sys, bpr.cli\n"
-             "from model.cli import build_parser\n"
-             "build_parser(bpr.cli.NODE_COMMANDS)\n"
-             "print('\\n'.join(sorted(sys.modules)))")
-    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                                check=True, cwd=REPO).stdout.split())
+    loaded = modules_loaded_by("import bpr.cli\nfrom model.cli import build_parser\n"
+                               "build_parser(bpr.cli.NODE_COMMANDS)")
     assert "bpr.cli" in loaded
     assert not {"sqlalchemy", "pynetdicom", "starlette", "uvicorn", "prometheus_client",
                 "apscheduler", "dicom_node.cli", "dicom_node.index", "scipy", "torch",
@@ -109,10 +109,7 @@ def test_the_command_line_starts_without_the_node_libraries() -> None:
 
 def test_querying_the_index_loads_neither_the_model_nor_the_network() -> None:
     """``bpr index`` answers a pipeline's query without torch (~1 s), pydicom or pynetdicom."""
-    probe = ("import sys, dicom_node.cli\n"
-             "print('\\n'.join(sorted(sys.modules)))")
-    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                                check=True, cwd=REPO).stdout.split())
+    loaded = modules_loaded_by("import dicom_node.cli")
     assert "dicom_node.cli" in loaded
     assert not {"torch", "pydicom", "pynetdicom", "model.api", "highdicom"} & loaded
 

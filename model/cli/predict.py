@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from model.paths import DEFAULT_WEIGHTS
 from model.reading.volume import CTInputError, CTVolume, SeriesDescription
 
@@ -100,8 +102,6 @@ def _predict_one(item: Path | SeriesPlan, regressor: BodyPartRegressor,
 
 def _plot_result(result: BodyPartResult, png: Path) -> None:
     """PNG of the score curves with regions and landmarks, for ``--plot``."""
-    import numpy as np
-
     from model.tools.plot import plot_scores
 
     regions = {name: (r.z_min_mm, r.z_max_mm) for name, r in result.regions.items()
