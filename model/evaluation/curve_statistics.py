@@ -26,7 +26,13 @@ from model.interpretation.postprocess import (
     fitted_slope,
     tangential_slope_quantiles,
 )
-from model.interpretation.sanity import DETECT_FACTORS, MIN_SLICES_FOR_SLOPE, SlopeProfile
+from model.interpretation.rank_correlation import spearman_rho
+from model.interpretation.sanity import (
+    DETECT_FACTORS,
+    MIN_ORDER_RHO,
+    MIN_SLICES_FOR_SLOPE,
+    SlopeProfile,
+)
 from model.interpretation.spacing_tolerance import TOLERANCE_QUANTILES, WINDOW_EXTENTS_MM
 
 #: Curves whose slope lies outside [1/k, k] × the median training slope are left out of
@@ -53,7 +59,7 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
     from training curves.
 
     1. Clean every curve without tail removal and keep the typical ones (slope within
-       [½, 2] × the median; :func:`typical_slopes`).
+       [½, 2] × the median, scores that follow the slices; :func:`typical_curves`).
     2. ``tangential_slope``: 0.5 % / 99.5 % quantiles of eq. 4.17 over those (thesis).
     3. ``slope_per_mm``: line fits to the fully cleaned curves (expected slope m̄_s), and
        ``slope_profile``: the slope per score bin (:func:`slope_profile`).
@@ -84,9 +90,8 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
     settings = settings or PostprocessSettings()
     base: dict[str, Any] = {"empty_slice_score": empty_slice_score}
     untailed = cleaned_curves(curves, base, replace(settings, remove_tails=False))
-    slopes = np.array([fitted_slope(c.z_mm, c.scores) or math.nan for c in untailed])
-    typical = set(typical_slopes(slopes[np.isfinite(slopes)]).tolist())
-    chosen = [c for c, m in zip(curves, slopes, strict=True) if m in typical]
+    typical = {id(c) for _, c in typical_curves(untailed)}
+    chosen = [c for c, u in zip(curves, untailed, strict=True) if id(u) in typical]
     tangential = tangential_slope_quantiles(chosen, empty_slice_score=empty_slice_score,
                                             sigma_mm=settings.smoothing_sigma_mm)
     full = cleaned_curves(curves, {**base, "tangential_slope": tangential}, settings)
@@ -105,7 +110,7 @@ def postprocessing_statistics(curves: Sequence[ScoreCurve], *,
 def slope_profile(curves: Sequence[CleanedScores]) -> dict[str, Any]:
     """``statistics["slope_profile"]``: median slope per mm of the typical curves per score bin.
 
-    Each typical curve (:func:`typical_slopes`) gives a line-fit slope in every bin of
+    Each typical curve (:func:`typical_curves`) gives a line-fit slope in every bin of
     :data:`PROFILE_BIN_WIDTH` where it has :data:`PROFILE_MIN_SLICES` cleaned slices over
     :data:`PROFILE_MIN_MM`; bins with slopes of :data:`PROFILE_MIN_CURVES` curves are kept.
 
@@ -148,13 +153,23 @@ def _curve_slopes(curves: Iterable[CleanedScores]) -> FloatVector:
 
 
 def typical_curves(curves: Iterable[CleanedScores]) -> list[tuple[float, CleanedScores]]:
-    """(line-fit slope, curve) of the curves with enough cleaned slices and a typical slope
-    (:func:`typical_slopes`), in their order."""
+    """(line-fit slope, curve) of the curves with enough cleaned slices, scores that follow
+    the slices (:data:`~model.interpretation.sanity.MIN_ORDER_RHO`, as at inference) and a
+    typical slope (:func:`typical_slopes`), in their order.
+
+    A limb crop's hump of scores can fit a line of typical slope; its steep flanks would
+    widen every tolerance taken from these curves.
+    """
     fitted = [(fitted_slope(c.z_mm, c.scores), c) for c in curves
-              if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE]
+              if int(c.kept.sum()) >= MIN_SLICES_FOR_SLOPE and _ordered(c)]
     pairs = [(m, c) for m, c in fitted if m is not None]
     typical = set(typical_slopes([m for m, _ in pairs]).tolist())
     return [(m, c) for m, c in pairs if m in typical]
+
+
+def _ordered(curve: CleanedScores) -> bool:
+    kept = curve.kept
+    return abs(spearman_rho(curve.z_mm[kept], curve.scores[kept])) >= MIN_ORDER_RHO
 
 
 def typical_slopes(slopes: npt.ArrayLike, factor: float = SLOPE_OUTLIER_FACTOR) -> FloatVector:
@@ -171,7 +186,7 @@ def slope_statistics(curves: Iterable[CleanedScores]) -> dict[str, float | int]:
     """``statistics["slope_per_mm"]`` from cleaned training curves (thesis §4.3).
 
     A line is fitted to each cleaned curve against patient z; slopes of atypical curves
-    (:func:`typical_slopes`) are left out.
+    (:func:`typical_curves`) are left out.
 
     Returns
     -------
@@ -184,8 +199,9 @@ def slope_statistics(curves: Iterable[CleanedScores]) -> dict[str, float | int]:
     ValueError
         If no curve has enough cleaned slices.
     """
+    curves = list(curves)
     all_slopes = _curve_slopes(curves)
-    m = typical_slopes(all_slopes)
+    m = np.array([slope for slope, _ in typical_curves(curves)], dtype=np.float64)
     if m.size == 0:
         raise ValueError("no cleaned curve with a positive typical slope")
     return {"n": int(m.size), "mean": float(m.mean()),
@@ -261,7 +277,7 @@ def extent_tolerance_statistics(curves: Sequence[CleanedScores], expected: Expec
                                 ) -> dict[str, list[float] | list[int]]:
     """``statistics["slope_ratio_by_extent"]``: |slope ratio| quantiles of short windows.
 
-    Every typical curve (:func:`typical_slopes`) is cut into windows of each extent, one
+    Every typical curve (:func:`typical_curves`) is cut into windows of each extent, one
     every half extent; each window with :data:`MIN_SLICES_FOR_SLOPE` cleaned slices over at
     least 90 % of the extent gives its slope ÷ its expected slope, as a series of that
     extent would at inference (:class:`~model.interpretation.spacing_tolerance.ExtentTolerance`).

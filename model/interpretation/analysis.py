@@ -317,7 +317,7 @@ def interpret(volume: CTVolume | SeriesDescription, scored: SliceScores,
     regions = body_part_examined_dict(z, cleaned.scores, table, settings.region_boundaries)
     tag = body_part_examined_tag(cleaned.scores, _z_range(z, cleaned), table,
                                  valid_z_spacing=check.valid_z_spacing,
-                                 placeable=not check.unplaceable,
+                                 placeable=not (check.unplaceable or check.unordered),
                                  z_range_threshold_mm=settings.z_range_threshold_mm)
     clinical = clinical_regions(z, named_scores, table)
     term, term_regions, note = _term(clinical, anomalies)

@@ -39,10 +39,10 @@ IntVector = npt.NDArray[np.int64]
 #: Tissue threshold: lung parenchyma (≈ −850 HU) and air lie below it (as in
 #: model.evaluation.lung_landmarks).
 BODY_HU = -500.0
-#: A slice shows a body when its tissue covers at least this area in the network input
-#: (10 cm², the image-content rule of model.evaluation.lung_landmarks); table edges and noise
-#: stay below.
-MIN_BODY_AREA_MM2 = 1000.0
+#: A slice shows a body when its tissue covers at least this area in the network input: 20 cm²,
+#: a wrist or the last centimetre of the skull cap. Table edges, tubes, noise and the 11–16 cm²
+#: remnants of OpenKBP's sparse CT below pt_227's shoulders (scored as abdomen) stay below.
+MIN_BODY_AREA_MM2 = 2000.0
 #: Slices whose score lies this close to the empty-slice score count as empty. The output for
 #: an all-air input is deterministic, and the stored value is rounded to 4 decimals.
 EMPTY_SCORE_TOLERANCE = 1e-3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,21 @@ def test_real_val_pelvis_is_named_without_the_chest(
     # the predecessor scored Pelvic-Ref-002's upper abdomen at the lung bases: CHESTABDPELVIS
     (result,) = [r for i, r in val_results if i.name == "pelvicref_002"]
     assert result.body_part_examined == "ABDOMENPELVIS"
+
+
+def test_real_slices_out_of_order_get_no_term(shared_data: Path,
+                                             regressor: BodyPartRegressor) -> None:
+    # a corrupt series: the chest's images in a hump along z, up over a fifth of the
+    # positions, then down; a line through the scores looked like a reversed CHEST
+    volume = read_nifti(shared_data / "ct" / "lidc_0003.nii.gz")
+    n = volume.n_slices
+    up = sorted(set(np.linspace(0, n - 1, n // 5).astype(int).tolist()))
+    down = [i for i in range(n - 1, -1, -1) if i not in set(up)]
+    result = analyze(replace(volume, hu=volume.hu[up + down]), regressor)
+    assert result.body_part_examined is None
+    (error,) = [a for a in result.anomalies if a.severity is Severity.ERROR]
+    assert error.code is AnomalyCode.OUT_OF_SCOPE and "slice order" in error.message
+    assert result.reverse_z_ordering is None and result.valid_z_spacing is None
 
 
 def test_real_val_documents_are_strict_and_match_the_schema(

@@ -12,6 +12,7 @@ from model.evaluation.curve_statistics import (
     calibrate_slope_ratio_range,
     calibrate_slope_threshold,
     slope_statistics,
+    typical_curves,
     typical_slopes,
 )
 from model.evaluation.manifest import read_manifest
@@ -22,7 +23,7 @@ from model.interpretation.analysis import (
     score_with_content,
 )
 from model.interpretation.discontinuity import DiscontinuitySettings, find_discontinuities
-from model.interpretation.postprocess import CleanedScores, clean_scores
+from model.interpretation.postprocess import CleanedScores, clean_scores, fitted_slope
 from model.interpretation.sanity import (
     AnomalyCode,
     Severity,
@@ -80,6 +81,23 @@ def test_flat_curve_is_out_of_scope_not_a_spacing_error() -> None:
     assert [a.code for a in slope_anomalies(steeper, z)] == [AnomalyCode.INVALID_Z_SPACING]
 
 
+def test_a_curve_that_does_not_follow_the_slices_is_out_of_scope() -> None:
+    # a limb crop as one model scored it: up 76 → 81 over two thirds, then down to 54
+    z = np.arange(0.0, 220.0, 2.0)
+    hump = np.interp(z, [0.0, 150.0, 218.0], [76.0, 81.0, 54.0])
+    check = check_slope(z, hump, expected_slope=0.1, valid_range=(0.35, 2.0))
+    assert check.unordered and check.order_rho is not None and abs(check.order_rho) < 0.7
+    assert check.reverse_z_ordering is None and check.valid_z_spacing is None
+    (anomaly,) = slope_anomalies(check, z)
+    assert anomaly.code is AnomalyCode.OUT_OF_SCOPE and anomaly.severity is Severity.ERROR
+    assert "do not follow the slice order" in anomaly.message
+    # noise on an ordered curve is not disorder
+    noisy = 20 + 0.1 * z + np.random.default_rng(0).normal(0.0, 1.0, z.size)
+    ordered = check_slope(z, noisy, expected_slope=0.1, valid_range=(0.7, 1.3))
+    assert not ordered.unordered and ordered.order_rho is not None and ordered.order_rho > 0.9
+    assert ordered.valid_z_spacing is True
+
+
 def test_too_few_slices_leave_checks_open() -> None:
     check = check_slope([0.0, 5.0], [1.0, 2.0], 0.1, (0.7, 1.3))
     assert check.reverse_z_ordering is None and check.valid_z_spacing is None
@@ -123,6 +141,19 @@ def test_slope_statistics_leave_out_flat_curves() -> None:
     assert stats["n"] == 4 and stats["n_excluded"] == 2
     assert stats["mean"] == pytest.approx(0.105, rel=0.02)
     np.testing.assert_allclose(typical_slopes([0.1, 0.1, 0.04, 0.3]), [0.1, 0.1])
+
+
+def test_slope_statistics_leave_out_curves_whose_scores_do_not_follow_the_slices() -> None:
+    # a limb crop's hump: its line fit has a typical slope, its flanks are steep
+    z = np.arange(120) * 2.5
+    hump = np.interp(z, [0.0, 200.0, 297.5], [40.0, 90.0, 55.0])
+    crop = clean_scores(z, hump, statistics={"empty_slice_score": 999.0}, settings=None)
+    lines = [_cleaned_line(m) for m in (0.09, 0.1, 0.11, 0.12)]
+    slope = fitted_slope(z, hump)
+    assert slope is not None and typical_slopes([0.09, 0.1, 0.11, 0.12, slope]).size == 5
+    stats = slope_statistics([*lines, crop])
+    assert stats["n"] == 4 and stats["n_excluded"] == 1
+    assert [c for _, c in typical_curves([*lines, crop])] == lines
 
 
 def test_threshold_separates_stored_from_scaled_spacing() -> None:
