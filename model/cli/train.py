@@ -64,6 +64,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="with --retain-weight: the model whose head and neck scores are"
                         " kept (a run from scratch keeps them too); without --init its .json"
                         " calibration sets the anchor targets' raw units")
+    p.add_argument("--retain-scope", choices=("lung_top", "teacher"), default="lung_top",
+                   help="which slices retention keeps: those above the lung top that the image"
+                        " shows (default), or wherever the teacher scores them above it (runs"
+                        " p2-p10; it also kept the teacher's neck-like scores of limb crops)")
     p.add_argument("--torso-factor", type=float, default=1.0,
                    help="sampling factor of volumes that show a landmark below the lung top")
     p.add_argument("--phantom-variants", type=int, default=0,
@@ -91,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
         augment=not args.no_augment, small_fov_p=args.small_fov_p, threads=args.threads,
         anchor_weight=args.anchor_weight, torso_factor=args.torso_factor,
-        retain_weight=args.retain_weight,
+        retain_weight=args.retain_weight, retain_scope=args.retain_scope,
         anchor_scale=scale, anchor_offset=offset, init_weights=str(args.init or ""),
         teacher_weights=str(args.teacher or ""),
         extra={"phantom_variants": str(args.phantom_variants)},

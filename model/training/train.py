@@ -71,6 +71,11 @@ class TrainConfig:
     retain_weight: float = 0.0
     retain_above: float = 75.4
     teacher_weights: str = ""
+    # "lung_top": only slices above the lung top that the image rule finds in the volume
+    # itself; a volume without one (a limb crop, a pelvis) keeps nothing. The teacher scores
+    # thigh crops 79–90 like the neck, and "teacher" (retain wherever the teacher scores
+    # high: runs p2–p10) taught that to every model.
+    retain_scope: Literal["lung_top", "teacher"] = "lung_top"
     # Sampling factor of volumes that show a landmark below the lung top (the torso).
     torso_factor: float = 1.0
     # Start from these weights (fine-tuning) instead of a random initialisation.
@@ -192,15 +197,25 @@ def validate(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig) -
 def _retained_scores(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainConfig
                      ) -> list[np.ndarray]:
     """Per volume, the teacher's raw score (``net``: see :func:`_teacher`) of every slice it
-    places at or above ``cfg.retain_above``, NaN elsewhere."""
+    places at or above ``cfg.retain_above`` and, in ``cfg.retain_scope`` "lung_top", that lies
+    above the volume's own lung top; NaN elsewhere."""
     threshold = (cfg.retain_above - cfg.anchor_offset) / cfg.anchor_scale
     out = []
     for v in volumes:
         raw = score_stack(net, v.slices).astype(np.float32)
-        out.append(np.where(raw >= threshold, raw, np.nan).astype(np.float32))
+        keep = raw >= threshold
+        if cfg.retain_scope == "lung_top":
+            keep &= v.z_mm >= _lung_top_mm(v)
+        out.append(np.where(keep, raw, np.nan).astype(np.float32))
     log.info("retaining the teacher's scores of %d slices",
              sum(int(np.isfinite(r).sum()) for r in out))
     return out
+
+
+def _lung_top_mm(volume: TrainVolume) -> float:
+    """z of the lung top that the image rule found in ``volume`` (+inf: none found)."""
+    names = volume.anchors.names
+    return float(volume.anchors.z_mm[names.index("lung_top")]) if "lung_top" in names else math.inf
 
 
 def _teacher(net: SliceScoreNet, cfg: TrainConfig) -> SliceScoreNet:

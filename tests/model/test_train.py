@@ -19,6 +19,7 @@ from model.training.train import (
     TrainConfig,
     _balanced_weights,
     _gather,
+    _retained_scores,
     batch_loss,
     score_stack,
     train,
@@ -127,8 +128,9 @@ def _reference(volumes: list[TrainVolume], out: Path) -> tuple[Path, np.ndarray,
 def _drift(volumes: list[TrainVolume], out: Path, raw: np.ndarray, threshold: float,
            **cfg: object) -> float:
     """Mean change of the scores at or above ``threshold`` after a run with ``cfg``."""
-    net = train(volumes, [], _config(retain_above=threshold, anchor_scale=1.0,
-                                     anchor_offset=0.0, **cfg), out, progress=False)
+    net = train(volumes, [], _config(retain_above=threshold, retain_scope="teacher",
+                                     anchor_scale=1.0, anchor_offset=0.0, **cfg),
+                out, progress=False)
     new = np.concatenate([score_stack(net, v.slices) for v in volumes])
     return float(np.abs(new - raw)[raw >= threshold].mean())
 
@@ -152,6 +154,29 @@ def test_a_teacher_lends_its_scores_to_a_run_from_scratch(volumes: list[TrainVol
                     teacher_weights=str(teacher))
     alone = _drift(volumes, tmp_path / "alone", raw, threshold, seed=1)
     assert taught < 0.5 * alone
+
+
+def test_retention_keeps_only_what_lies_above_the_lung_top_of_the_image(
+        volumes: list[TrainVolume], shared_data: Path) -> None:
+    # the shipped model scores a thigh crop like the neck; the crop shows no lung
+    crop = load_train_volumes(entries_from_paths([shared_data / "ct" / "ibsi_sts_001.nii.gz"]),
+                              cache_dir=None, progress=False)
+    meta = ModelMeta.read(DEFAULT_WEIGHTS.with_suffix(".json"))
+    teacher = SliceScoreNet(tuple(meta.channels))
+    teacher.load_state_dict(torch.load(DEFAULT_WEIGHTS, weights_only=True))
+    units = dict(anchor_scale=meta.score_scale, anchor_offset=meta.score_offset)
+    checked = crop + volumes
+    anywhere = _retained_scores(teacher, checked, _config(retain_scope="teacher", **units))
+    above = _retained_scores(teacher, checked, _config(**units))
+    assert np.isfinite(anywhere[0]).mean() > 0.5
+    assert not np.isfinite(above[0]).any()
+    for v, kept, all_high in zip(checked, above, anywhere, strict=True):
+        top = (dict(zip(v.anchors.names, v.anchors.z_mm, strict=True))
+               .get("lung_top", np.inf))
+        assert (v.z_mm[np.isfinite(kept)] >= top).all()
+        np.testing.assert_array_equal(kept[v.z_mm >= top], all_high[v.z_mm >= top])
+    # the head and neck above a found lung top keep their scores
+    assert np.isfinite(above[1 + VOLUMES.index("openkbp_pt_2")]).sum() > 20
 
 
 def test_retention_without_a_model_to_keep_is_refused(volumes: list[TrainVolume],
