@@ -57,6 +57,10 @@ class Anchors:
     slice_index: npt.NDArray[np.int64]
     score: npt.NDArray[np.float64]
 
+    def z_of(self, name: str) -> float | None:
+        """z in mm of the landmark ``name``; None when the image rules did not find it."""
+        return float(self.z_mm[self.names.index(name)]) if name in self.names else None
+
     @property
     def shows_torso(self) -> bool:
         """Whether a landmark below the lung top is visible."""

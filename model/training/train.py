@@ -205,17 +205,12 @@ def _retained_scores(net: SliceScoreNet, volumes: list[TrainVolume], cfg: TrainC
         raw = score_stack(net, v.slices).astype(np.float32)
         keep = raw >= threshold
         if cfg.retain_scope == "lung_top":
-            keep &= v.z_mm >= _lung_top_mm(v)
+            lung_top = v.anchors.z_of("lung_top")
+            keep &= v.z_mm >= (math.inf if lung_top is None else lung_top)
         out.append(np.where(keep, raw, np.nan).astype(np.float32))
     log.info("retaining the teacher's scores of %d slices",
              sum(int(np.isfinite(r).sum()) for r in out))
     return out
-
-
-def _lung_top_mm(volume: TrainVolume) -> float:
-    """z of the lung top that the image rule found in ``volume`` (+inf: none found)."""
-    names = volume.anchors.names
-    return float(volume.anchors.z_mm[names.index("lung_top")]) if "lung_top" in names else math.inf
 
 
 def _teacher(net: SliceScoreNet, cfg: TrainConfig) -> SliceScoreNet:

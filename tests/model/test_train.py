@@ -171,8 +171,8 @@ def test_retention_keeps_only_what_lies_above_the_lung_top_of_the_image(
     assert np.isfinite(anywhere[0]).mean() > 0.5
     assert not np.isfinite(above[0]).any()
     for v, kept, all_high in zip(checked, above, anywhere, strict=True):
-        top = (dict(zip(v.anchors.names, v.anchors.z_mm, strict=True))
-               .get("lung_top", np.inf))
+        found = v.anchors.z_of("lung_top")
+        top = np.inf if found is None else found
         assert (v.z_mm[np.isfinite(kept)] >= top).all()
         np.testing.assert_array_equal(kept[v.z_mm >= top], all_high[v.z_mm >= top])
     # the head and neck above a found lung top keep their scores
