@@ -38,11 +38,14 @@ def model_statistics(regressor: BodyPartRegressor, report: EvaluationReport,
 
     Curve statistics (tangential-slope quantiles, mean slope, slope-ratio range) come from
     the reference split only, so validation volumes stay unseen by anything stored with
-    the model.
+    the model, and only from curves that inference would try to name: a limb crop
+    (:attr:`VolumeScores.limb_crop`) is withheld whatever its scores, so its steep
+    flanks must not widen the tolerance of the series that are named.
     """
     empty = report.score_scale * empty_slice_raw_score(regressor) + report.score_offset
     stats: dict[str, Any] = {"empty_slice_score": round(empty, 4)}
-    curves = curves_from_volume_scores(volumes, report.score_scale, report.score_offset,
+    in_scope = [v for v in volumes if not v.limb_crop]
+    curves = curves_from_volume_scores(in_scope, report.score_scale, report.score_offset,
                                        split=report.reference_split)
     try:
         stats.update(postprocessing_statistics(curves,

@@ -56,6 +56,7 @@ from model.evaluation.report import (
     VolumeRow,
     landmark_rows,
 )
+from model.interpretation.image_content import image_content
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring.inference import BodyPartRegressor, ModelMeta, SliceScores
@@ -89,6 +90,8 @@ class VolumeScores:
     raw: FloatVector
     occupied: BoolVector  # slices with image content
     landmarks: dict[str, float]  # name → z in mm
+    #: The image rule of inference calls it a limb crop (out of the model's scope).
+    limb_crop: bool = False
 
     def landmark_scores(self, scale: float = 1.0, offset: float = 0.0) -> dict[str, float]:
         """Score at each landmark (linear interpolation at its z), as ``scale·raw + offset``."""
@@ -130,6 +133,7 @@ def score_item(model: SliceScorer, item: EvalItem) -> VolumeScores:
         z_mm=np.asarray(volume.z_mm, dtype=np.float64),
         raw=np.asarray(scores.raw, dtype=np.float64),
         occupied=profile.occupied, landmarks=landmarks,
+        limb_crop=image_content(volume.hu, volume.pixel_spacing_mm).limb_crop,
     )
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from model.evaluation.evaluate import VolumeScores, evaluate, evaluate_scores
+from model.evaluation.calibration import model_statistics
+from model.evaluation.evaluate import VolumeScores, evaluate, evaluate_scores, score_item
 from model.evaluation.lung_landmarks import lung_landmarks_from_ct
 from model.evaluation.manifest import EvalItem, read_manifest, region_group
 from model.evaluation.metrics import (
@@ -304,3 +306,31 @@ def test_truth_classes_from_bone_landmarks_are_the_published_pelvis_and_abdomen(
     # two pelvis rules that overlap (label span and bone interval) keep their class
     lm.update({"prostate_centre": 15.0, "bladder_top": 35.0})
     assert (truth_classes(z, lm)[10:40] == pelvis).all()
+
+
+class ZScorer:
+    """A stand-in model whose raw score is 0.01 per mm of world z."""
+
+    def __init__(self) -> None:
+        self.meta = ModelMeta(version="z", channels=[1])
+
+    def score_volume(self, volume: CTVolume) -> SliceScores:
+        raw = (0.01 * volume.z_mm).astype(np.float32)
+        return SliceScores(z_mm=volume.z_mm, raw=raw, scores=raw)
+
+
+def test_scored_volumes_carry_the_limb_crop_rule_of_inference(shared_data: Path) -> None:
+    items = _items(shared_data, {"ibsi_sts_001": "train", "lidc_0002": "train"})
+    assert [score_item(ZScorer(), i).limb_crop for i in items] == [True, False]
+
+
+def test_limb_crops_are_left_out_of_the_model_statistics(regressor: BodyPartRegressor) -> None:
+    lungs = {"lung_bottom": 100.0, "lung_top": 300.0}
+    trunks = [_volume(f"t{i}", "train", lungs, slope=0.01 * (1 + 0.03 * i)) for i in range(6)]
+    # typical enough in slope to enter every statistic, were it not a limb crop
+    crop = replace(_volume("crop", "train", {}, slope=0.017), limb_crop=True)
+    report = evaluate_scores(trunks, model_version="test")
+    stats = model_statistics(regressor, report, trunks)
+    assert model_statistics(regressor, report, [*trunks, crop]) == stats
+    counted = model_statistics(regressor, report, [*trunks, replace(crop, limb_crop=False)])
+    assert counted["slope_per_mm"] != stats["slope_per_mm"]
