@@ -21,7 +21,7 @@ from pydicom.uid import (
 )
 
 from model.reading.dicom_pixels import PixelSource
-from model.reading.header_values import header_value
+from model.reading.header_values import header_value, unique_value
 from model.reading.volume import CTInputError
 
 #: The image storage SOP classes the reader scores (single- and multi-frame CT).
@@ -111,8 +111,8 @@ def why_not_ct(ds: Dataset) -> str | None:
 def _vector(item: Dataset | None, keyword: str, size: int, *, repeats: bool = True) -> Vector:
     # repeats=False for values unique to each file (a position), which a cache cannot reuse
     value = None if item is None else (header_value(item, keyword) if repeats
-                                       else item.get(keyword))
-    if value is None or isinstance(value, str | bytes) or len(value) != size:
+                                       else unique_value(item, keyword, "DS"))
+    if value is None or isinstance(value, str | bytes | float | int) or len(value) != size:
         raise CTInputError(f"missing or malformed {keyword}")
     vec = np.array([float(v) for v in value], dtype=np.float64)
     if not np.all(np.isfinite(vec)):
@@ -133,8 +133,9 @@ def frames_of(path: Path, pixels: PixelSource, ds: Dataset) -> list[Frame]:
     if int(header_value(ds, "SamplesPerPixel", 1)) != 1:
         raise CTInputError("not a greyscale image (SamplesPerPixel != 1)")
     meta = getattr(ds, "file_meta", None) or Dataset()
-    sop_uid = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
-    instance = int(ds.get("InstanceNumber") or 0)
+    sop_uid = str(unique_value(ds, "SOPInstanceUID", "UI")
+                  or meta.get("MediaStorageSOPInstanceUID") or "")
+    instance = int(unique_value(ds, "InstanceNumber", "IS") or 0)
     shape = (int(header_value(ds, "Rows")), int(header_value(ds, "Columns")))
     if not (min(shape) > 0 and max(shape) <= MAX_MATRIX):
         raise CTInputError(f"implausible matrix {shape[0]}×{shape[1]}")

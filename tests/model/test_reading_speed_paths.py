@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
 from model.interpretation.analysis import analyze, analyze_plan, default_regressor
 from model.reading import dicom as dicom_reader
 from model.reading.dicom import cycle_collection_paused, read_dicom_series, scan_dicom_series
-from model.reading.header_values import header_value
+from model.reading.header_values import header_value, unique_value
 from model.reading.nifti import read_nifti
 from model.reading.volume import CTVolume
 from model.scoring import streaming
@@ -158,6 +160,34 @@ def test_header_values_are_converted_once_per_distinct_encoding(volume: CTVolume
     assert [float(v) for v in header_value(b, "PixelSpacing")] == [0.5, 0.5]
     assert header_value(b, "NoSuchKeyword", "default") == "default"
     assert header_value(a, "ImagePositionPatient") == a.ImagePositionPatient
+
+
+def _raw(keyword: str, vr: str | None, value: bytes) -> Dataset:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    return Dataset({tag: RawDataElement(tag, vr, len(value), value, 0, vr is None, True)})
+
+
+@pytest.mark.parametrize(("keyword", "vr", "value"), [
+    ("ImagePositionPatient", "DS", b"-12.5\\3\\1e2 "),
+    ("ImagePositionPatient", None, b"-12.5\\3\\100"),  # implicit VR
+    ("ImagePositionPatient", "DS", b"2.5 "),
+    ("ImagePositionPatient", "DS", b"1\\x\\3"),  # malformed: pydicom's answer
+    ("ImagePositionPatient", "FD", b"\0" * 24),  # binary under another VR
+    ("InstanceNumber", "IS", b" 12 "),
+    ("InstanceNumber", "IS", b"12.0"),
+    ("InstanceNumber", "IS", b"1\\2"),
+    ("SOPInstanceUID", "UI", b"1.2.840.5\0"),
+    ("SOPInstanceUID", "UI", b"1.2\\3.4"),
+    ("SOPInstanceUID", "UI", b"1.2.\xe9"),
+])
+def test_values_unique_to_each_file_read_from_bytes_equal_pydicom(keyword: str, vr: str | None,
+                                                                   value: bytes) -> None:
+    fast_vr = {"ImagePositionPatient": "DS", "InstanceNumber": "IS"}.get(keyword, "UI")
+    got = unique_value(_raw(keyword, vr, value), keyword, fast_vr)
+    want = _raw(keyword, vr, value).get(keyword)
+    assert got == want
+    assert unique_value(Dataset(), keyword, fast_vr) is None
 
 
 def test_the_header_scan_pauses_the_cycle_collector_and_restores_it() -> None:
