@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from model.reading.padding import pad_below_air, padding_warning
@@ -34,6 +33,9 @@ def read_nifti(path: Path) -> CTVolume:
     CTInputError
         If the file cannot be read or is not a 3D volume.
     """
+    # imported here: reading DICOM, what the node and most users do, never needs it (27 ms)
+    import nibabel as nib
+
     try:
         img = nib.load(str(path))
         canonical = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
