@@ -1,7 +1,7 @@
 """Ingest throughput of the node beside a bare pynetdicom SCP, and completion → SR latency.
 
 Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64] [--senders 1,4,16]
-[--during-adaptation]``
+[--clinical-size] [--during-adaptation]``
 
 1. Instances/s with 1, 4 and 16 concurrent DCMTK ``storescu`` senders, each sending its own
    copies of a real CT series (``../shared/data``), against (a) ``bpr serve`` — validate, fsync,
@@ -9,7 +9,9 @@ Run: ``python -m benchmarks.bench_ingest [--series 4] [--slices 64] [--senders 1
    to a file (no fsync, no index): the baseline of the same run, reported as a ratio; and
    (c) the same bare SCP writing each file with the node's own ``FileStore.write``
    (temporary name, fsync, rename, folder fsync), the floor of any SCP that acknowledges
-   only what survives a power cut. Both
+   only what survives a power cut. The series is a 128² OpenKBP volume, or with
+   ``--clinical-size`` a 512² series made from LIDC-IDRI-0003 as ``bench_inference`` makes
+   it (512 kB per instance, the size of a clinical slice). Both
    sender settings are measured: storescu's default, where Nagle's algorithm on the sender
    and delayed acknowledgements on the receiver hold every instance about 40 ms whatever
    either SCP does, and ``TCP_NODELAY=1`` (DCMTK's switch), where the receivers' own costs
@@ -40,6 +42,7 @@ from pathlib import Path
 from pydicom import dcmread
 from sqlalchemy import func, select
 
+from benchmarks.bench_inference import DEFAULT_SOURCE, make_series
 from dicom_node.index import Index, Instance, Series
 from model.paths import shared_data_dir
 from tests.node_harness import (
@@ -111,6 +114,15 @@ def _bare(batches: list[list[Path]], work: Path, nodelay: bool, durable: bool = 
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _series(folder: Path, slices: int, clinical_size: bool) -> list[Path]:
+    """One copy of the series sent, with UIDs of its own."""
+    if not clinical_size:
+        return real_ct_series(folder, "openkbp_pt_15", pixel_step=1, slices=slice(0, slices))
+    folder.mkdir(parents=True)
+    make_series(DEFAULT_SOURCE, slices, folder)
+    return sorted(folder.iterdir())
 
 
 def _node(batches: list[list[Path]], work: Path, nodelay: bool = False) -> float:
@@ -215,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--series", type=int, default=4, help="series copies per sender")
     parser.add_argument("--slices", type=int, default=64, help="slices per series")
+    parser.add_argument("--clinical-size", action="store_true",
+                        help="send 512² slices (as bench_inference makes them), not 128²")
     parser.add_argument("--senders", default="1,4,16", help="concurrent senders to measure")
     parser.add_argument("--quiet", type=float, default=2.0, help="quiet time for the latency run")
     parser.add_argument("--latency-series", type=int, default=5,
@@ -226,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         # Distinct UIDs per copy: every instance is new to the node.
         senders_measured = [int(n) for n in args.senders.split(",")]
-        copies = [real_ct_series(work / "in" / str(i), "openkbp_pt_15", pixel_step=1,
-                                 slices=slice(0, args.slices))
+        copies = [_series(work / "in" / str(i), args.slices, args.clinical_size)
                   for i in range(max(senders_measured) * args.series)]
         first = dcmread(copies[0][0], stop_before_pixels=True)
         print(f"{len(copies)} series × {args.slices} slices of {first.Rows}×{first.Columns} CT "

@@ -8,9 +8,9 @@ The node imports nothing else from :mod:`model`, and needs no torch of its own:
   their codes and slices, every sanity flag as yes/no/undetermined with its report concept,
   the model version, the JSON document, and the SOP Instance UID of each slice), and the
   header of every file read, so that the node's report needs no second read of the files;
-* :data:`READ_ERRORS`, :data:`DECODE_ERRORS`, :func:`disguised_sequence` and
-  :func:`unclosed_items` are the rules for hostile files, which the node's ingest shares
-  with the model's reader;
+* :data:`READ_ERRORS`, :data:`DECODE_ERRORS`, :func:`disguised_sequence`,
+  :func:`unclosed_items` and :func:`header_from_prefix` (with :data:`HEADER_PREFIX_BYTES`)
+  are the rules for hostile files, which the node's ingest shares with the model's reader;
 * :func:`private_coding_scheme` names the coding scheme of the model's own concepts, which
   the node's report declares;
 * :func:`adapt_model` fine-tunes the model on stored series (:class:`AdaptSeries`) and
@@ -42,12 +42,20 @@ from model.interpretation.records import (
     volume_record,
 )
 from model.reading.dicom import scan_dicom_series
-from model.reading.hostile import DECODE_ERRORS, READ_ERRORS, disguised_sequence, unclosed_items
+from model.reading.hostile import (
+    DECODE_ERRORS,
+    HEADER_PREFIX_BYTES,
+    READ_ERRORS,
+    disguised_sequence,
+    header_from_prefix,
+    unclosed_items,
+)
 from model.reading.volume import CTInputError
 from model.scoring.inference import BodyPartRegressor, ModelMeta
 
 __all__ = [
     "DECODE_ERRORS",
+    "HEADER_PREFIX_BYTES",
     "READ_ERRORS",
     "AdaptError",
     "AdaptReport",
@@ -65,6 +73,7 @@ __all__ = [
     "analyze_series",
     "curve_png",
     "disguised_sequence",
+    "header_from_prefix",
     "load_model",
     "private_coding_scheme",
     "unclosed_items",

@@ -18,15 +18,16 @@ from pydicom.uid import MediaStorageDirectoryStorage
 from model.reading.dicom_assembly import SeriesPlan, plan_series, read_volumes
 from model.reading.dicom_frames import Frame, frames_of, sop_class_of
 from model.reading.dicom_pixels import PixelSource
-from model.reading.hostile import READ_ERRORS, disguised_sequence, unclosed_items
+from model.reading.hostile import (
+    HEADER_PREFIX_BYTES,
+    PARSE_FAILURES,
+    PIXEL_DATA_TAG_LE,
+    READ_ERRORS,
+    disguised_sequence,
+    header_from_prefix,
+    unclosed_items,
+)
 from model.reading.volume import CTInputError, CTVolume
-
-# MemoryError too where a hostile sequence length asks pydicom for gigabytes.
-_READ_FAILURES: tuple[type[BaseException], ...] = (*READ_ERRORS, MemoryError)
-#: The PixelData tag as it lies in a little-endian file.
-_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
-#: Bytes read first: the header of a CT file (a few kB) ends well within them.
-HEADER_PREFIX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -171,7 +172,7 @@ def _read_header(path: Path, errors: list[str]) -> tuple[Dataset, int | None] | 
             size = os.fstat(f.fileno()).st_size
             data = f.read(HEADER_PREFIX_BYTES)
             while len(data) < size:
-                header = _parse_header(path, data, errors, complete=False)
+                header = header_from_prefix(data)
                 if header is not None:
                     return header
                 more = f.read(15 * len(data))
@@ -181,33 +182,27 @@ def _read_header(path: Path, errors: list[str]) -> tuple[Dataset, int | None] | 
     except OSError as exc:
         errors.append(f"{path}: not readable ({exc.strerror or type(exc).__name__})")
         return None
-    return _parse_header(path, data, errors, complete=True)
+    return _parse_whole_file(path, data, errors)
 
 
-def _parse_header(path: Path, data: bytes, errors: list[str], *, complete: bool
-                  ) -> tuple[Dataset, int | None] | None:
-    """Header and PixelData offset from ``data``, the whole file when ``complete``.
-
-    For a prefix, None means "read the whole file" (the header may go on beyond it, or its
-    syntax needs the whole stream); errors are reported for the whole file only.
-    """
+def _parse_whole_file(path: Path, data: bytes, errors: list[str]
+                      ) -> tuple[Dataset, int | None] | None:
+    """Header and PixelData offset (None when not found) from a whole file's ``data``;
+    None with the reason in ``errors`` when it is hostile or unreadable."""
     hostile = unclosed_items(data)
     if hostile is not None:
-        if complete:
-            errors.append(f"{path}: {hostile}")
+        errors.append(f"{path}: {hostile}")
         return None
     stream = io.BytesIO(data)
     try:
         ds = pydicom.dcmread(stream, stop_before_pixels=True)
-    except _READ_FAILURES as exc:
-        if complete:
-            errors.append(f"{path}: not a readable DICOM file ({exc})")
+    except PARSE_FAILURES as exc:
+        errors.append(f"{path}: not a readable DICOM file ({exc})")
         return None
     stopped_at = stream.tell()
-    at_pixels = data[stopped_at:stopped_at + 4] == _PIXEL_DATA_TAG_LE
-    if not complete and (not at_pixels or stopped_at + 12 > len(data)):
-        return None
+    at_pixels = data[stopped_at:stopped_at + 4] == PIXEL_DATA_TAG_LE
     return ds, stopped_at if at_pixels else None
+
 
 #: Attributes the reader turns into text or numbers. A sequence in their place is hostile:
 #: converting it recurses through its nesting (seconds and gigabytes at a depth of 1000).

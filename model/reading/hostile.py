@@ -7,10 +7,12 @@ through :mod:`model.api`.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from functools import lru_cache
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.tag import BaseTag, Tag
@@ -35,6 +37,14 @@ MAX_UNCLOSED_ITEMS = 8
 #: Item start with undefined length and item delimiter, little and big endian.
 _UNDEFINED_ITEMS = (b"\xfe\xff\x00\xe0\xff\xff\xff\xff", b"\xff\xfe\xe0\x00\xff\xff\xff\xff")
 _ITEM_DELIMITERS = (b"\xfe\xff\x0d\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\x0d\x00\x00\x00\x00")
+
+#: What parsing a header can raise: :data:`READ_ERRORS`, and MemoryError for a length field
+#: that asks for more than the machine has.
+PARSE_FAILURES: tuple[type[BaseException], ...] = (*READ_ERRORS, MemoryError)
+#: Bytes in which the header of a CT file (a few kB) ends, nearly always.
+HEADER_PREFIX_BYTES = 64 * 1024
+#: The PixelData tag as it lies in a little-endian file.
+PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 
 #: File meta attributes that are read as text.
 _META_KEYWORDS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID")
@@ -75,3 +85,26 @@ def unclosed_items(data: bytes) -> str | None:
     if opened - closed > MAX_UNCLOSED_ITEMS:
         return f"{opened - closed} sequence items without their delimiter (malformed file)"
     return None
+
+
+def header_from_prefix(data: bytes) -> tuple[Dataset, int] | None:
+    """The header (no pixel data) of a Part 10 file from a prefix of its bytes, and the
+    offset of its top-level PixelData element.
+
+    None when the prefix does not hold the whole header (a longer header, a deflated
+    stream), looks hostile (:func:`unclosed_items`) or does not parse: the caller then
+    parses the whole file and reports what is wrong with it. Checking and parsing a prefix
+    costs the same for a 512 kB slice as for a 5 kB one; the hostility check over a whole
+    file (its pixels included) took longer than pydicom's parse of the header.
+    """
+    if unclosed_items(data) is not None:
+        return None
+    stream = io.BytesIO(data)
+    try:
+        ds = dcmread(stream, stop_before_pixels=True)
+    except PARSE_FAILURES:
+        return None
+    stopped_at = stream.tell()
+    if data[stopped_at:stopped_at + 4] != PIXEL_DATA_TAG_LE or stopped_at + 12 > len(data):
+        return None
+    return ds, stopped_at
