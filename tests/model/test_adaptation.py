@@ -132,6 +132,25 @@ def test_guard_metrics_spread_is_relative_and_in_mm() -> None:
     assert "slope_spread.chest" not in guard_metrics(same[:2])  # too few series
 
 
+def test_a_spread_of_three_series_is_left_undecided_not_called_worse() -> None:
+    # Resamples of three series mostly repeat one, where a median absolute deviation is 0
+    # for both models: the bootstrap cannot measure this spread's noise.
+    active = [SeriesMeasure(0.99, 0.1, {"abdomen": s}, {}) for s in (0.09, 0.1, 0.11)]
+    wider = [SeriesMeasure(0.99, 0.1, {"abdomen": s}, {}) for s in (0.08, 0.1, 0.12)]
+    repeated = [active[0], active[0], active[1]]
+    assert "slope_spread.abdomen" not in guard_metrics(repeated)  # two distinct series
+    spread = next(d for d in compare(active, wider) if d.name == "slope_spread.abdomen")
+    assert spread.candidate is not None and spread.active is not None
+    assert spread.candidate > spread.active + 0.05
+    assert spread.worse is None and spread.se is None
+    assert decide(compare(active, wider)).promoted  # decided on the monotone fraction
+    # with more series the same widening is measured, and caught
+    many = [SeriesMeasure(0.99, 0.1, {"abdomen": 0.1 + 0.002 * k}, {}) for k in range(-5, 6)]
+    spread_out = [SeriesMeasure(0.99, 0.1, {"abdomen": 0.1 + 0.02 * k}, {})
+                  for k in range(-5, 6)]
+    assert not decide(compare(many, spread_out)).promoted
+
+
 def test_a_candidate_that_loses_monotone_series_is_kept_out() -> None:
     rng = np.random.default_rng(0)
     active = [_measure(0.995, 0.1 + 0.01 * rng.standard_normal(), 75 + rng.standard_normal())
