@@ -18,11 +18,9 @@ counts as valid and what a value that cannot be decoded becomes:
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Final
 
-from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -36,6 +34,7 @@ from model.api import (
     READ_ERRORS,
     disguised_sequence,
     header_from_prefix,
+    parse_header,
     unclosed_items,
 )
 
@@ -114,8 +113,7 @@ def read_header(data: bytes) -> Dataset:
         if hostile is not None:
             raise BadInstanceError(hostile)
     try:
-        ds = (prefix[0] if prefix is not None
-              else dcmread(io.BytesIO(data), stop_before_pixels=True, force=False))
+        ds = prefix[0] if prefix is not None else parse_header(data)[0]
         ds.ensure_file_meta()
         disguised = disguised_sequence(ds, INDEXED_KEYWORDS)
         if disguised is not None:

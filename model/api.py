@@ -9,8 +9,9 @@ The node imports nothing else from :mod:`model`, and needs no torch of its own:
   the model version, the JSON document, and the SOP Instance UID of each slice), and the
   header of every file read, so that the node's report needs no second read of the files;
 * :data:`READ_ERRORS`, :data:`DECODE_ERRORS`, :func:`disguised_sequence`,
-  :func:`unclosed_items` and :func:`header_from_prefix` (with :data:`HEADER_PREFIX_BYTES`)
-  are the rules for hostile files, which the node's ingest shares with the model's reader;
+  :func:`unclosed_items`, :func:`parse_header` and :func:`header_from_prefix` (with
+  :data:`HEADER_PREFIX_BYTES`) are the rules for hostile files, which the node's ingest
+  shares with the model's reader;
 * :func:`private_coding_scheme` names the coding scheme of the model's own concepts, which
   the node's report declares;
 * :func:`adapt_model` fine-tunes the model on stored series (:class:`AdaptSeries`) and
@@ -48,6 +49,7 @@ from model.reading.hostile import (
     READ_ERRORS,
     disguised_sequence,
     header_from_prefix,
+    parse_header,
     unclosed_items,
 )
 from model.reading.volume import CTInputError
@@ -75,6 +77,7 @@ __all__ = [
     "disguised_sequence",
     "header_from_prefix",
     "load_model",
+    "parse_header",
     "private_coding_scheme",
     "unclosed_items",
     "weights_version",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import io
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -11,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import MediaStorageDirectoryStorage
 
@@ -21,10 +19,10 @@ from model.reading.dicom_pixels import PixelSource
 from model.reading.hostile import (
     HEADER_PREFIX_BYTES,
     PARSE_FAILURES,
-    PIXEL_DATA_TAG_LE,
     READ_ERRORS,
     disguised_sequence,
     header_from_prefix,
+    parse_header,
     unclosed_items,
 )
 from model.reading.volume import CTInputError, CTVolume
@@ -193,15 +191,11 @@ def _parse_whole_file(path: Path, data: bytes, errors: list[str]
     if hostile is not None:
         errors.append(f"{path}: {hostile}")
         return None
-    stream = io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(stream, stop_before_pixels=True)
+        return parse_header(data)
     except PARSE_FAILURES as exc:
         errors.append(f"{path}: not a readable DICOM file ({exc})")
         return None
-    stopped_at = stream.tell()
-    at_pixels = data[stopped_at:stopped_at + 4] == PIXEL_DATA_TAG_LE
-    return ds, stopped_at if at_pixels else None
 
 
 #: Attributes the reader turns into text or numbers. A sequence in their place is hostile:

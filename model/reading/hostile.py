@@ -87,6 +87,18 @@ def unclosed_items(data: bytes) -> str | None:
     return None
 
 
+def parse_header(data: bytes) -> tuple[Dataset, int | None]:
+    """pydicom's parse of ``data`` up to its pixels, and the offset of its top-level
+    PixelData element (None when the parse did not stop at one, e.g. a deflated stream).
+
+    Check ``data`` with :func:`unclosed_items` first. Raises one of :data:`PARSE_FAILURES`.
+    """
+    stream = io.BytesIO(data)
+    ds = dcmread(stream, stop_before_pixels=True)
+    stopped_at = stream.tell()
+    return ds, stopped_at if data[stopped_at:stopped_at + 4] == PIXEL_DATA_TAG_LE else None
+
+
 def header_from_prefix(data: bytes) -> tuple[Dataset, int] | None:
     """The header (no pixel data) of a Part 10 file from a prefix of its bytes, and the
     offset of its top-level PixelData element.
@@ -99,12 +111,10 @@ def header_from_prefix(data: bytes) -> tuple[Dataset, int] | None:
     """
     if unclosed_items(data) is not None:
         return None
-    stream = io.BytesIO(data)
     try:
-        ds = dcmread(stream, stop_before_pixels=True)
+        ds, pixels_at = parse_header(data)
     except PARSE_FAILURES:
         return None
-    stopped_at = stream.tell()
-    if data[stopped_at:stopped_at + 4] != PIXEL_DATA_TAG_LE or stopped_at + 12 > len(data):
+    if pixels_at is None or pixels_at + 12 > len(data):
         return None
-    return ds, stopped_at
+    return ds, pixels_at
