@@ -105,9 +105,12 @@ def read_header(data: bytes) -> Dataset:
     The header is parsed from the first :data:`~model.api.HEADER_PREFIX_BYTES` when it ends
     there (:func:`~model.api.header_from_prefix`), as in nearly every CT instance: checking
     a 512 kB slice whole for hostile nesting cost more than parsing its header. Otherwise
-    the whole dataset is checked and parsed, and what is wrong with it is reported.
+    the whole dataset is checked and parsed, and what is wrong with it is reported; a
+    dataset no longer than the prefix (an SR, a small slice) is parsed whole at once, as the
+    model's reader does, instead of twice when it has no pixels.
     """
-    prefix = header_from_prefix(data[:HEADER_PREFIX_BYTES])
+    prefix = (header_from_prefix(data[:HEADER_PREFIX_BYTES])
+              if len(data) > HEADER_PREFIX_BYTES else None)
     if prefix is None:
         hostile = unclosed_items(data)
         if hostile is not None:
