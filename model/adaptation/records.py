@@ -57,8 +57,10 @@ class AdaptSettings:
         At most this many series are read (the first given: the caller orders them).
     volumes_per_batch : int
         Series per training step.
-    lr, anchor_weight, retain_weight : float
-        As for ``bpr train`` (:class:`~model.training.train.TrainConfig`).
+    lr, anchor_weight, retain_weight, alpha_distance : float
+        As for ``bpr train`` (:class:`~model.training.train.TrainConfig`); the defaults are
+        the shipped model's stage-2 recipe (model card, Reproduce), so a site's copy is
+        trained as the model it adapts was.
     validate_on_shared_data : bool
         Also compare the validation LMSE on ``../shared/data`` when it is present.
     seed : int
@@ -71,8 +73,9 @@ class AdaptSettings:
     max_series: int = 500
     volumes_per_batch: int = 32
     lr: float = 1e-4
-    anchor_weight: float = 0.5
+    anchor_weight: float = 1.0
     retain_weight: float = 1.0
+    alpha_distance: float = 0.3
     validate_on_shared_data: bool = True
     seed: int = 0
 

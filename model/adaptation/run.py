@@ -169,7 +169,8 @@ def _train_config(meta: ModelMeta, base: Path, settings: AdaptSettings) -> Train
         epochs=1, steps_per_epoch=settings.steps, volumes_per_batch=settings.volumes_per_batch,
         lr=settings.lr, seed=settings.seed, threads=settings.threads,
         channels=tuple(meta.channels), anchor_weight=settings.anchor_weight,
-        retain_weight=settings.retain_weight, anchor_scale=meta.score_scale,
+        retain_weight=settings.retain_weight, alpha_distance=settings.alpha_distance,
+        anchor_scale=meta.score_scale,
         anchor_offset=meta.score_offset, init_weights=str(base),
         extra={"adapted_from": meta.version})
 

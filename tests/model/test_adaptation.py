@@ -222,6 +222,13 @@ def test_a_gentle_run_is_promoted_and_reported(shared_data: Path, tmp_path: Path
     assert candidate.meta.statistics["slope_ratio_range"]  # the parent's calibration kept
 
 
+def test_a_site_copy_is_trained_with_the_shipped_models_recipe() -> None:
+    trained_with = BodyPartRegressor.load(DEFAULT_WEIGHTS).meta.training
+    defaults = AdaptSettings()
+    for name in ("anchor_weight", "retain_weight", "alpha_distance", "lr"):
+        assert getattr(defaults, name) == trained_with[name], name
+
+
 def test_a_destructive_run_is_kept_out(shared_data: Path, tmp_path: Path) -> None:
     wrecked = AdaptSettings(steps=10, lr=0.05, volumes_per_batch=8, threads=2,
                             holdout_fraction=0.5, validate_on_shared_data=False)

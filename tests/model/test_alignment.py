@@ -131,12 +131,7 @@ def thorax_profile(thorax: CTVolume, regressor: BodyPartRegressor) -> ScoreProfi
 
 
 @pytest.mark.parametrize("part", [
-    (0.3, 0.8),
-    pytest.param((0.0, 0.4), marks=pytest.mark.xfail(
-        strict=True, reason="known limitation of the issue-12 model: the lowest 5-10 cm of "
-        "lung are scored nearly flat (model card), so three single-slice scores there place "
-        "the crop 19 mm off; the l1 method stays within 5 mm")),
-    (0.6, 1.0), (0.45, 0.6)])
+    (0.3, 0.8), (0.0, 0.4), (0.6, 1.0), (0.45, 0.6)])
 def test_shift_of_a_cropped_copy_is_recovered(thorax: CTVolume, thorax_profile: ScoreProfile,
                                               regressor: BodyPartRegressor,
                                               part: tuple[float, float], report: Report) -> None:

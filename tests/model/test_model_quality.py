@@ -27,14 +27,19 @@ from model.scoring.inference import BodyPartRegressor
 
 #: Whole-body-section validation volumes must rank their slices at least this well.
 MIN_SPEARMAN = 0.98
-#: Pelvic-Ref-002 reaches 0.963: its thighs are scored flat.
+#: Pelvic-Ref-002 reaches 0.972: its thighs are scored flat.
 MIN_SPEARMAN_PELVIS = 0.95
-#: Mean landmark MSE over validation volumes with landmarks (calibrated scale; card: 3.64).
-MAX_VAL_LMSE = 4.5
-#: Validation slice accuracy of the pelvis and abdomen classes (card: 77.9 % and 66.7 %;
-#: the predecessor without anatomical anchors reached 20.6 % and 14.3 %).
+#: Mean landmark MSE over validation volumes with landmarks (calibrated scale; card: 2.16,
+#: its predecessors 3.64 and 3.50).
+MAX_VAL_LMSE = 3.0
+#: Validation slice accuracy of the pelvis and abdomen classes (card: 76.5 % and 85.7 %;
+#: the model without anatomical anchors reached 20.6 % and 14.3 %).
 MIN_PELVIS_ACCURACY = 0.70
-MIN_ABDOMEN_ACCURACY = 0.55
+MIN_ABDOMEN_ACCURACY = 0.75
+#: How far the train-reference pelvic landmarks may lie from bpreg's published scores: issue
+#: 12's ±5 score units. The reference rests on two training volumes (card: femoral head top
+#: 16.6, sd 3.5), so a tighter bound would judge those two volumes rather than the model.
+PELVIS_SCALE_TOLERANCE = 5.0
 
 
 def _is_limb_crop(name: str) -> bool:
@@ -82,8 +87,8 @@ def test_validation_landmark_error(regressor: BodyPartRegressor,
 
 def test_pelvis_lies_on_bpregs_scale(regressor: BodyPartRegressor) -> None:
     ref = regressor.meta.reference_table
-    assert ref["femoral_head_top"] == pytest.approx(13.6, abs=3.0)  # bpreg femur_end
-    assert ref["iliac_crest_top"] == pytest.approx(28.8, abs=3.0)  # bpreg pelvis_end
+    assert ref["femoral_head_top"] == pytest.approx(13.6, abs=PELVIS_SCALE_TOLERANCE)  # femur_end
+    assert ref["iliac_crest_top"] == pytest.approx(28.8, abs=PELVIS_SCALE_TOLERANCE)  # pelvis_end
 
 
 def test_validation_pelvis_and_abdomen_slices_are_classed_right(
