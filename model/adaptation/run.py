@@ -170,8 +170,7 @@ def _train_config(meta: ModelMeta, base: Path, settings: AdaptSettings) -> Train
         lr=settings.lr, seed=settings.seed, threads=settings.threads,
         channels=tuple(meta.channels), anchor_weight=settings.anchor_weight,
         retain_weight=settings.retain_weight, alpha_distance=settings.alpha_distance,
-        anchor_scale=meta.score_scale,
-        anchor_offset=meta.score_offset, init_weights=str(base),
+        anchor_scale=meta.score_scale, anchor_offset=meta.score_offset, init_weights=str(base),
         extra={"adapted_from": meta.version})
 
 

@@ -7,11 +7,10 @@ curves. Over a shorter stretch the model's local slope varies more than over a w
 curve (the lowest lung scores flat, the chest above it steeply): on the training curves of
 ``ssbr-f1975c0bcd69``, for which this was built, 100 mm windows of correctly spaced curves
 reach ratios of 0.42-1.62 (1-99 %), whole curves 0.50-1.42 (the shipped model's figures are
-in its model card). A ratio that correctly spaced training windows of the
-same extent reach is no evidence of a wrong header, and an ``error`` withholds the term, so
-the range is widened to those windows' :data:`TOLERANCE_QUANTILES` where they lie outside
-it. Longer series keep the halfway range, so ×2 and ×½ headers of whole volumes are
-caught as before.
+in its model card). A ratio that correctly spaced training windows of the same extent reach
+is no evidence of a wrong header, and an ``error`` withholds the term, so the range is widened
+to those windows' :data:`TOLERANCE_QUANTILES` where they lie outside it. Longer series keep
+the halfway range, so ×2 and ×½ headers of whole volumes are caught as before.
 
 The windows are measured by
 :func:`model.evaluation.curve_statistics.extent_tolerance_statistics` and stored as
