@@ -202,6 +202,12 @@ def _latency(series: list[list[Path]], warm_up: list[Path], work: Path, quiet: f
             return int(db.scalar(select(func.count(Series.id))
                                  .where(Series.is_derived.is_(True))) or 0)
 
+    def recorded_count() -> int:
+        # the node stores the SR before it records the analysis of its source series
+        with index.session() as db:
+            return int(db.scalar(select(func.count(Series.id)).where(
+                Series.is_derived.is_(False), Series.analysis_seconds.is_not(None))) or 0)
+
     completion = []
     try:
         node.wait_listening(port)
@@ -212,6 +218,7 @@ def _latency(series: list[list[Path]], warm_up: list[Path], work: Path, quiet: f
             wait_for(partial(_equals, sr_count, number + 1), 300, "SR")
             if number:
                 completion.append(time.perf_counter() - complete)
+        wait_for(partial(_equals, recorded_count, len(series) + 1), 60, "analysis record")
         with index.session() as db:
             timings = db.execute(select(Series.analysis_seconds, Series.sr_seconds).where(
                 Series.is_derived.is_(False)).order_by(Series.id)).all()[1:]
