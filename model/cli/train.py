@@ -56,6 +56,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anchor-weight", type=float, default=0.0,
                    help="γ of the anchor loss: image landmarks pulled to bpreg's published"
                         " scores (0: off)")
+    p.add_argument("--pelvic-anchor-step", type=float, default=0.0, metavar="MM",
+                   help="with --anchor-weight: also anchor a slice every MM mm between the"
+                        " pelvis bottom, femoral head top and iliac crest, on the volume's own"
+                        " pelvic scale (0: off)")
     p.add_argument("--retain-weight", type=float, default=0.0,
                    help="weight that keeps the teacher's scores of slices it places at or"
                         " above the lung top (head and neck); the teacher is --teacher,"
@@ -95,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         beta_per_mm=args.beta, alpha_distance=args.alpha, lr=args.lr, seed=args.seed,
         augment=not args.no_augment, small_fov_p=args.small_fov_p, threads=args.threads,
         anchor_weight=args.anchor_weight, torso_factor=args.torso_factor,
+        pelvic_anchor_step_mm=args.pelvic_anchor_step,
         retain_weight=args.retain_weight, retain_scope=args.retain_scope,
         anchor_scale=scale, anchor_offset=offset, init_weights=str(args.init or ""),
         teacher_weights=str(args.teacher or ""),

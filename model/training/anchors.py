@@ -18,6 +18,7 @@ pelvis bottom are anchored on the volume's own pelvic scale continued downwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +89,42 @@ def _thighs(found: dict[str, float], z_lowest: float) -> dict[str, tuple[float, 
     per_mm = (end - start) / (head - bottom)
     return {f"thigh_{d:g}mm": (bottom - d, start - d * per_mm)
             for d in THIGH_OFFSETS_MM if bottom - d >= z_lowest}
+
+
+#: The bone landmarks that span the pelvis, feet → head.
+PELVIC_SCALE_LANDMARKS: tuple[str, ...] = ("pelvis_bottom", "femoral_head_top", "iliac_crest_top")
+
+
+def with_pelvic_scale(anchors: Anchors, z_axis: npt.NDArray[np.float64], step_mm: float
+                      ) -> Anchors:
+    """``anchors`` plus one anchor every ``step_mm`` between consecutive pelvic bone
+    landmarks, its target interpolated linearly on bpreg's scale between theirs.
+
+    The three pelvic anchors alone leave the model free to score the pelvis as a step: runs
+    p4 and p16 score the slices 20-120 mm above the pelvis bottom of Pelvic-Ref-003, one of
+    their anchored training volumes, at 11-20 where its own scale puts 2-14. ``z_axis`` is
+    the volume's slice positions (the anchors' slice indices point into it); a volume
+    without two of the landmarks is returned unchanged.
+    """
+    if step_mm <= 0:
+        raise ValueError("the pelvic anchor step must be positive")
+    at = [anchors.names.index(n) for n in PELVIC_SCALE_LANDMARKS if n in anchors.names]
+    points = [(float(anchors.z_mm[i]), float(anchors.score[i])) for i in at]
+    extra: dict[str, tuple[float, float]] = {}
+    for (z0, s0), (z1, s1) in pairwise(points):
+        for k in range(1, int((z1 - z0) // step_mm) + 1):
+            z = z0 + k * step_mm
+            if z1 - z >= step_mm / 2:  # no anchor crowding the next landmark
+                extra[f"pelvic_{z - points[0][0]:g}mm"] = (z, s0 + (s1 - s0) * (z - z0) / (z1 - z0))
+    if not extra:
+        return anchors
+    names = (*anchors.names, *extra)
+    z_mm = np.concatenate([anchors.z_mm, [z for z, _ in extra.values()]])
+    order = np.argsort(z_mm, kind="stable")
+    index = np.abs(z_axis[None, :] - z_mm[:, None]).argmin(axis=1)
+    score = np.concatenate([anchors.score, [t for _, t in extra.values()]])
+    return Anchors(tuple(names[i] for i in order), z_mm[order], index[order].astype(np.int64),
+                   score[order])
 
 
 def find_anchors(volume: CTVolume) -> Anchors:

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from model.scoring.network import STAGE_CHANNELS, SliceScoreNet
 from model.training import augment as aug
-from model.training.anchors import anchor_targets
+from model.training.anchors import anchor_targets, with_pelvic_scale
 from model.training.dataset import TrainVolume
 from model.training.losses import (
     anchor_loss,
@@ -64,6 +64,9 @@ class TrainConfig:
     anchor_delta: float = 0.4
     anchor_scale: float = 12.35
     anchor_offset: float = 67.42
+    # Extra anchors every this many mm between the pelvic bone landmarks, on the volume's
+    # own pelvic scale (anchors.with_pelvic_scale); 0: off.
+    pelvic_anchor_step_mm: float = 0.0
     # Retention: slices that the teacher (``teacher_weights``, else the starting weights)
     # scores at or above ``retain_above`` (calibrated; default bpreg's lung_end: the head and
     # neck, where it is accurate) keep that raw score, with weight ρ and the anchors' Huber δ.
@@ -257,6 +260,21 @@ class _RunState:
         return epoch
 
 
+def _usable_volumes(train_volumes: list[TrainVolume], val_volumes: list[TrainVolume],
+                    cfg: TrainConfig) -> tuple[list[TrainVolume], list[TrainVolume]]:
+    """The volumes with the slices a sample needs; the training ones with their pelvic-scale
+    anchors when ``cfg`` asks for them (as new objects: a caller may train on them again)."""
+    need = cfg.slices_per_volume
+    usable = [v for v in train_volumes if len(v.z_mm) >= need]
+    if not usable:
+        raise ValueError(f"no training volume has the {need} slices needed per sample")
+    if cfg.pelvic_anchor_step_mm > 0:
+        usable = [replace(v, anchors=with_pelvic_scale(v.anchors, v.z_mm,
+                                                       cfg.pelvic_anchor_step_mm))
+                  for v in usable]
+    return usable, [v for v in val_volumes if len(v.z_mm) >= need]
+
+
 def train(
     train_volumes: list[TrainVolume],
     val_volumes: list[TrainVolume],
@@ -275,11 +293,7 @@ def train(
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    need = cfg.slices_per_volume
-    train_volumes = [v for v in train_volumes if len(v.z_mm) >= need]
-    val_volumes = [v for v in val_volumes if len(v.z_mm) >= need]
-    if not train_volumes:
-        raise ValueError(f"no training volume has the {need} slices needed per sample")
+    train_volumes, val_volumes = _usable_volumes(train_volumes, val_volumes, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SliceScoreNet(cfg.channels)

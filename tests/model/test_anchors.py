@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ from model.evaluation.bone_landmarks import bone_landmarks
 from model.evaluation.lung_landmarks import lung_landmarks_from_ct
 from model.interpretation.bodypart import PUBLISHED_REFERENCE
 from model.reading.nifti import read_nifti
-from model.training.anchors import ANCHOR_LANDMARKS, Anchors, anchor_targets, find_anchors
+from model.training.anchors import (
+    ANCHOR_LANDMARKS,
+    NO_ANCHORS,
+    Anchors,
+    anchor_targets,
+    find_anchors,
+    with_pelvic_scale,
+)
 from model.training.dataset import entries_from_paths, load_train_volumes
 
 
@@ -33,6 +41,39 @@ def test_pelvis_scan_anchors_on_its_bones(shared_data: Path) -> None:
     per_mm = 13.6 / (bones["femoral_head_top"] - bones["pelvis_bottom"])
     assert anchors.score[1] == pytest.approx(-100.0 * per_mm)
     assert np.all(np.diff(anchors.score) > 0)
+
+
+def test_pelvic_scale_anchors_ramp_between_the_bone_landmarks(shared_data: Path) -> None:
+    volume = read_nifti(shared_data / "ct" / "pelvicref_003.nii.gz")
+    anchors = find_anchors(volume)
+    dense = with_pelvic_scale(anchors, volume.z_mm, 20.0)
+    bones = bone_landmarks(volume)
+    bottom, crest = bones["pelvis_bottom"], bones["iliac_crest_top"]
+    added = [n for n in dense.names if n not in anchors.names]
+    # every 20 mm from each landmark up to the next, none within 10 mm below that one
+    ends = sorted(bones.values())
+    assert len(added) == sum(int((z1 - z0 - 10.0) // 20.0) for z0, z1 in pairwise(ends))
+    assert set(anchors.names) <= set(dense.names)
+    assert np.all(np.diff(dense.z_mm) > 0) and np.all(np.diff(dense.score) > 0)
+    for name, z, k, score in zip(dense.names, dense.z_mm, dense.slice_index, dense.score,
+                                 strict=True):
+        assert abs(volume.z_mm[k] - z) <= 1.5
+        if name in added:  # linear between the two landmarks around it
+            expected = np.interp(z, [bottom, bones["femoral_head_top"], crest],
+                                 [0.0, PUBLISHED_REFERENCE["femur_end"],
+                                  PUBLISHED_REFERENCE["pelvis_end"]])
+            assert score == pytest.approx(expected)
+
+
+def test_pelvic_scale_leaves_a_volume_without_the_pelvis_alone(shared_data: Path) -> None:
+    volume = read_nifti(shared_data / "ct" / "lidc_0003.nii.gz")
+    anchors = find_anchors(volume)
+    assert with_pelvic_scale(anchors, volume.z_mm, 20.0) is anchors
+
+
+def test_pelvic_scale_needs_a_positive_step() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        with_pelvic_scale(NO_ANCHORS, np.zeros(0), 0.0)
 
 
 def test_chest_scan_anchors_on_its_lung_ends(shared_data: Path) -> None:
