@@ -40,7 +40,7 @@ from functools import partial
 from pathlib import Path
 
 from pydicom import dcmread
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from benchmarks.bench_inference import DEFAULT_SOURCE, make_series
 from dicom_node.index import Index, Instance, Series
@@ -197,16 +197,14 @@ def _latency(series: list[list[Path]], warm_up: list[Path], work: Path, quiet: f
     node = NodeProcess(config)
     index = Index(f"sqlite:///{folder / 'index.sqlite'}")
 
-    def sr_count() -> int:
+    def series_count(*conditions: ColumnElement[bool]) -> int:
         with index.session() as db:
-            return int(db.scalar(select(func.count(Series.id))
-                                 .where(Series.is_derived.is_(True))) or 0)
+            return int(db.scalar(select(func.count(Series.id)).where(*conditions)) or 0)
 
-    def recorded_count() -> int:
-        # the node stores the SR before it records the analysis of its source series
-        with index.session() as db:
-            return int(db.scalar(select(func.count(Series.id)).where(
-                Series.is_derived.is_(False), Series.analysis_seconds.is_not(None))) or 0)
+    sr_count = partial(series_count, Series.is_derived.is_(True))
+    # the node stores the SR before it records the analysis of its source series
+    recorded_count = partial(series_count, Series.is_derived.is_(False),
+                             Series.analysis_seconds.is_not(None))
 
     completion = []
     try:

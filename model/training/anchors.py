@@ -109,22 +109,26 @@ def with_pelvic_scale(anchors: Anchors, z_axis: npt.NDArray[np.float64], step_mm
     if step_mm <= 0:
         raise ValueError("the pelvic anchor step must be positive")
     at = [anchors.names.index(n) for n in PELVIC_SCALE_LANDMARKS if n in anchors.names]
-    points = [(float(anchors.z_mm[i]), float(anchors.score[i])) for i in at]
-    extra: dict[str, tuple[float, float]] = {}
-    for (z0, s0), (z1, s1) in pairwise(points):
-        for k in range(1, int((z1 - z0) // step_mm) + 1):
-            z = z0 + k * step_mm
-            if z1 - z >= step_mm / 2:  # no anchor crowding the next landmark
-                extra[f"pelvic_{z - points[0][0]:g}mm"] = (z, s0 + (s1 - s0) * (z - z0) / (z1 - z0))
-    if not extra:
+    ends, targets = anchors.z_mm[at], anchors.score[at]
+    added = np.array([z0 + k * step_mm for z0, z1 in pairwise(ends)
+                      for k in range(1, int((z1 - z0) // step_mm) + 1)
+                      if z1 - (z0 + k * step_mm) >= step_mm / 2],  # none crowding the next
+                     dtype=np.float64)
+    if not added.size:
         return anchors
-    names = (*anchors.names, *extra)
-    z_mm = np.concatenate([anchors.z_mm, [z for z, _ in extra.values()]])
+    names = (*anchors.names, *(f"pelvic_{z - ends[0]:g}mm" for z in added))
+    z_mm = np.concatenate([anchors.z_mm, added])
+    index = np.concatenate([anchors.slice_index, _nearest_slices(z_axis, added)])
+    score = np.concatenate([anchors.score, np.interp(added, ends, targets)])
     order = np.argsort(z_mm, kind="stable")
-    index = np.abs(z_axis[None, :] - z_mm[:, None]).argmin(axis=1)
-    score = np.concatenate([anchors.score, [t for _, t in extra.values()]])
-    return Anchors(tuple(names[i] for i in order), z_mm[order], index[order].astype(np.int64),
-                   score[order])
+    return Anchors(tuple(names[i] for i in order), z_mm[order], index[order], score[order])
+
+
+def _nearest_slices(z_axis: npt.NDArray[np.float64], z_mm: npt.NDArray[np.float64]
+                    ) -> npt.NDArray[np.int64]:
+    """Index of the slice of ``z_axis`` nearest to each of ``z_mm``."""
+    nearest: npt.NDArray[np.int64] = np.abs(z_axis[None, :] - z_mm[:, None]).argmin(axis=1)
+    return nearest.astype(np.int64)
 
 
 def find_anchors(volume: CTVolume) -> Anchors:
@@ -152,8 +156,8 @@ def find_anchors(volume: CTVolume) -> Anchors:
         points.update(_thighs(found, float(z_axis[first])))
     names = tuple(sorted(points, key=lambda n: points[n][0]))
     z = np.array([points[n][0] for n in names], dtype=np.float64)
-    index = np.abs(z_axis[None, :] - z[:, None]).argmin(axis=1) if names else np.zeros(0)
-    return Anchors(names, z, index.astype(np.int64),
+    index = _nearest_slices(z_axis, z) if names else np.zeros(0, dtype=np.int64)
+    return Anchors(names, z, index,
                    np.array([points[n][1] for n in names], dtype=np.float64))
 
 
