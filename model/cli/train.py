@@ -59,7 +59,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pelvic-anchor-step", type=float, default=0.0, metavar="MM",
                    help="with --anchor-weight: also anchor a slice every MM mm between the"
                         " pelvis bottom, femoral head top and iliac crest, on the volume's own"
-                        " pelvic scale (0: off)")
+                        " pelvic scale, adding to the anchor loss averaged over the landmarks"
+                        " (0: off)")
     p.add_argument("--retain-weight", type=float, default=0.0,
                    help="weight that keeps the teacher's scores of slices it places at or"
                         " above the lung top (head and neck); the teacher is --teacher,"

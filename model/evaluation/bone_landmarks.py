@@ -47,6 +47,9 @@ WING_MIN_AREA_CM2 = 2.0
 SEED_MIN_AREA_CM2 = 8.0
 #: Medial bone area that counts as pubis or ischium at the bottom of the pelvis.
 PUBIS_MIN_AREA_CM2 = 1.0
+#: The pelvis bottom lies at most this far below the femoral head top (60–130 mm in the
+#: labelled pelvic CTs); below it the knees, which touch in the ICRP phantoms, hold medial bone.
+PUBIS_MAX_BELOW_HEAD_MM = 150.0
 #: Below the pelvis bottom this many mm of femur-only slices must follow, or the scan may
 #: simply end in a gap of the pelvic ring.
 FEMUR_ONLY_MIN_MM = 10.0
@@ -57,20 +60,21 @@ FEMORAL_HEAD_MIN_RADIUS_MM = 18.0
 #: Bone landmark name → rule, one sentence each, for the model card.
 BONE_LANDMARK_RULES: dict[str, str] = {
     "iliac_crest_top": (
-        f"z of the highest slice of the pelvic bone run: consecutive slices with at least "
-        f"{WING_MIN_AREA_CM2:g} cm² of bone (HU > {BONE_HU:g}) {LATERAL_MIN_MM:g}–"
-        f"{LATERAL_MAX_MM:g} mm left and right of the body midline, containing a slice with "
-        f"{SEED_MIN_AREA_CM2:g} cm² on both sides, a femoral head (below) and no image lung "
-        "slice; not reported when the run reaches the last slice with image content"),
+        f"z of the highest slice of the pelvic bone run: the highest run of consecutive slices "
+        f"with at least {WING_MIN_AREA_CM2:g} cm² of bone (HU > {BONE_HU:g}) "
+        f"{LATERAL_MIN_MM:g}–{LATERAL_MAX_MM:g} mm left and right of the body midline that "
+        f"contains a slice with {SEED_MIN_AREA_CM2:g} cm² on both sides below the lungs, a "
+        "femoral head (below) and no image lung slice; not reported when the run reaches the "
+        "last slice with image content"),
     "femoral_head_top": (
         "z of the highest slice of the pelvic bone run where the hole-filled lateral bone on "
         f"both sides has an inscribed radius of at least {FEMORAL_HEAD_MIN_RADIUS_MM:g} mm; "
         "the femur label's top where a label map names the femora"),
     "pelvis_bottom": (
-        "z of the lowest slice below the run's widest slice with at least "
-        f"{PUBIS_MIN_AREA_CM2:g} cm² of bone within {MEDIAL_MAX_MM:g} mm of the midline "
-        f"(pubis, ischia), reported only when at least {FEMUR_ONLY_MIN_MM:g} mm of femur-only "
-        "run slices follow below it"),
+        f"z of the lowest run slice at most {PUBIS_MAX_BELOW_HEAD_MM:g} mm below the femoral "
+        f"head top with at least {PUBIS_MIN_AREA_CM2:g} cm² of bone within "
+        f"{MEDIAL_MAX_MM:g} mm of the midline (pubis, ischia), reported only when at least "
+        f"{FEMUR_ONLY_MIN_MM:g} mm of femur-only run slices follow below it"),
 }
 
 
@@ -122,23 +126,30 @@ def bone_profile(volume: CTVolume, lungs: LungProfile | None = None) -> BoneProf
                        occupied=lungs.occupied)
 
 
-def pelvic_run(profile: BoneProfile) -> tuple[int, int, int] | None:
-    """First slice, last slice and widest slice of the pelvic bone run, or None."""
+def pelvic_run(profile: BoneProfile) -> tuple[int, int] | None:
+    """First and last slice of the pelvic bone run, or None.
+
+    The candidates are the runs of both-sided lateral bone that hold a slice of
+    :data:`SEED_MIN_AREA_CM2` below the first lung slice, a femoral head and no lung slice
+    (ribs joined to the lungs, contrast-filled kidneys and lower ribs fail one of these); the
+    pelvis is the highest of them. A scan that reaches the legs continues the run down the
+    femora, or gives the knees a run of their own, and the knee condyles are as wide and round
+    as the acetabula: in the ICRP whole-body phantoms the widest slice lies at the knees or feet.
+    """
     both = np.minimum(profile.left_cm2, profile.right_cm2)
-    candidates = both.copy()
+    wing = both >= WING_MIN_AREA_CM2
     lung_idx = np.flatnonzero(profile.lung)
-    if lung_idx.size:
-        # the pelvis lies below every lung slice; scapulae and ribs above do not count
-        candidates[lung_idx[0]:] = 0.0
-    seed = int(candidates.argmax())
-    if candidates[seed] < SEED_MIN_AREA_CM2:
-        return None
-    lo, hi = run_around(both >= WING_MIN_AREA_CM2, seed)
-    if profile.lung[lo:hi + 1].any():
-        return None  # ribs joined the run: its top is no crest
-    if not (profile.radius_mm[lo:hi + 1] >= FEMORAL_HEAD_MIN_RADIUS_MM).any():
-        return None  # no femoral head: lower ribs or contrast-filled kidneys, not a pelvis
-    return lo, hi, seed
+    k = int(lung_idx[0]) - 1 if lung_idx.size else both.size - 1
+    while k >= 0:
+        if not wing[k]:
+            k -= 1
+            continue
+        lo, hi = run_around(wing, k)
+        if (both[lo:k + 1].max() >= SEED_MIN_AREA_CM2 and not profile.lung[lo:hi + 1].any()
+                and (profile.radius_mm[lo:hi + 1] >= FEMORAL_HEAD_MIN_RADIUS_MM).any()):
+            return lo, hi
+        k = lo - 1
+    return None
 
 
 def pelvis_reaches_bottom(profile: BoneProfile) -> bool:
@@ -185,15 +196,18 @@ def bone_landmarks_from_profile(profile: BoneProfile, z_mm: npt.ArrayLike) -> di
     run = pelvic_run(profile)
     if run is None:
         return {}
-    lo, hi, seed = run
+    lo, hi = run
     first, last = content_extent(profile.occupied, z.size)
     out: dict[str, float] = {}
-    heads = np.flatnonzero(profile.radius_mm[lo:hi + 1] >= FEMORAL_HEAD_MIN_RADIUS_MM)
-    if heads.size and lo + int(heads[-1]) < hi:
-        out["femoral_head_top"] = float(z[lo + int(heads[-1])])
-    pubic = np.flatnonzero(profile.medial_cm2[lo:seed + 1] >= PUBIS_MIN_AREA_CM2)
+    head = lo + int(np.flatnonzero(profile.radius_mm[lo:hi + 1]
+                                   >= FEMORAL_HEAD_MIN_RADIUS_MM)[-1])
+    if head < hi:
+        out["femoral_head_top"] = float(z[head])
+    window = np.arange(lo, head + 1)
+    window = window[z[window] >= z[head] - PUBIS_MAX_BELOW_HEAD_MM]
+    pubic = window[profile.medial_cm2[window] >= PUBIS_MIN_AREA_CM2]
     if pubic.size:
-        bottom = lo + int(pubic[0])
+        bottom = int(pubic[0])
         below_mm = z[bottom] - z[lo]
         if bottom > first and below_mm >= FEMUR_ONLY_MIN_MM:
             out["pelvis_bottom"] = float(z[bottom])

@@ -63,6 +63,11 @@ class Anchors:
         return float(self.z_mm[self.names.index(name)]) if name in self.names else None
 
     @property
+    def landmark_count(self) -> int:
+        """How many anchors are landmarks, not interpolated by :func:`with_pelvic_scale`."""
+        return sum(not n.startswith(PELVIC_SCALE_PREFIX) for n in self.names)
+
+    @property
     def shows_torso(self) -> bool:
         """Whether a landmark below the lung top is visible."""
         return bool(TORSO_LANDMARKS.intersection(self.names))
@@ -91,6 +96,9 @@ def _thighs(found: dict[str, float], z_lowest: float) -> dict[str, tuple[float, 
             for d in THIGH_OFFSETS_MM if bottom - d >= z_lowest}
 
 
+#: Name prefix of the anchors :func:`with_pelvic_scale` adds between the pelvic bone landmarks.
+PELVIC_SCALE_PREFIX = "pelvic_"
+
 #: The bone landmarks that span the pelvis, feet → head.
 PELVIC_SCALE_LANDMARKS: tuple[str, ...] = ("pelvis_bottom", "femoral_head_top", "iliac_crest_top")
 
@@ -116,7 +124,7 @@ def with_pelvic_scale(anchors: Anchors, z_axis: npt.NDArray[np.float64], step_mm
                      dtype=np.float64)
     if not added.size:
         return anchors
-    names = (*anchors.names, *(f"pelvic_{z - ends[0]:g}mm" for z in added))
+    names = (*anchors.names, *(f"{PELVIC_SCALE_PREFIX}{z - ends[0]:g}mm" for z in added))
     z_mm = np.concatenate([anchors.z_mm, added])
     index = np.concatenate([anchors.slice_index, _nearest_slices(z_axis, added)])
     score = np.concatenate([anchors.score, np.interp(added, ends, targets)])
@@ -131,7 +139,7 @@ def _nearest_slices(z_axis: npt.NDArray[np.float64], z_mm: npt.NDArray[np.float6
     return nearest.astype(np.int64)
 
 
-def find_anchors(volume: CTVolume) -> Anchors:
+def find_anchors(volume: CTVolume, bones: dict[str, float] | None = None) -> Anchors:
     """The anchor landmarks ``volume`` shows (rules of the two landmark modules), and its
     thigh anchors.
 
@@ -139,6 +147,9 @@ def find_anchors(volume: CTVolume) -> Anchors:
     ----------
     volume : CTVolume
         A CT in HU.
+    bones : dict of str to float, optional
+        The pelvic bone landmarks (name → z in mm) where they are known otherwise (the
+        phantoms' organ labels); by default the HU rules find them.
 
     Returns
     -------
@@ -147,7 +158,7 @@ def find_anchors(volume: CTVolume) -> Anchors:
     """
     lungs = lung_profile(volume)
     found = lung_landmarks_from_profile(lungs, volume.z_mm)
-    found.update(bone_landmarks(volume, lungs))
+    found.update(bone_landmarks(volume, lungs) if bones is None else bones)
     z_axis = np.asarray(volume.z_mm, dtype=np.float64)
     first, _ = content_extent(lungs.occupied, z_axis.size)
     points = {n: (z, PUBLISHED_REFERENCE[ANCHOR_LANDMARKS[n]])

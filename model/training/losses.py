@@ -49,12 +49,18 @@ def distance_loss(scores: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(delta_s[:, 1:], delta_s[:, :-1], reduction="mean")
 
 
-def anchor_loss(scores: torch.Tensor, targets: torch.Tensor, delta: float) -> torch.Tensor:
+def anchor_loss(scores: torch.Tensor, targets: torch.Tensor, delta: float,
+                over: int | None = None) -> torch.Tensor:
     """Huber loss between the scores of anchor slices and their targets (same units).
 
     Quadratic within ``delta`` of the target, linear beyond it, so a landmark rule that
-    fires on the wrong slice pulls with bounded force. Returns 0 without anchors.
+    fires on the wrong slice pulls with bounded force. The sum is divided by ``over`` (default:
+    the number of anchors), so anchors beyond ``over`` add to the loss without shrinking the
+    share of the others. Returns 0 without anchors.
     """
     if targets.numel() == 0:
         return scores.sum() * 0.0
-    return F.smooth_l1_loss(scores.reshape(-1), targets.reshape(-1), beta=delta)
+    loss = F.smooth_l1_loss(scores.reshape(-1), targets.reshape(-1), beta=delta)
+    if over is None or over == targets.numel():
+        return loss
+    return loss * (targets.numel() / max(over, 1))

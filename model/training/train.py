@@ -65,7 +65,8 @@ class TrainConfig:
     anchor_scale: float = 12.35
     anchor_offset: float = 67.42
     # Extra anchors every this many mm between the pelvic bone landmarks, on the volume's
-    # own pelvic scale (anchors.with_pelvic_scale); 0: off.
+    # own pelvic scale (anchors.with_pelvic_scale); 0: off. They add to the anchor loss,
+    # which stays averaged over the landmark anchors only (Batch.anchor_landmarks).
     pelvic_anchor_step_mm: float = 0.0
     # Retention: slices that the teacher (``teacher_weights``, else the starting weights)
     # scores at or above ``retain_above`` (calibrated; default bpreg's lung_end: the head and
@@ -115,6 +116,9 @@ class Batch:
     delta_h: torch.Tensor  # (B,) mean Δh in mm per picked volume
     anchor_target: torch.Tensor  # (k,) raw targets of the anchor slices
     retain_target: torch.Tensor  # (B·m,)
+    # How many of the k anchors are landmarks: the anchor loss is averaged over them, so
+    # the pelvic-scale anchors add their pull without diluting the lung anchors' (run p17).
+    anchor_landmarks: int = 0
 
 
 def _gather(rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndarray,
@@ -139,14 +143,17 @@ def _gather(rng: np.random.Generator, volumes: list[TrainVolume], picks: np.ndar
             retain.append(retained[int(i)][s.indices])
     x = np.stack(batch).reshape(-1, *batch[0].shape[-2:])
     targets = np.zeros(0, np.float32)
+    landmarks = 0
     if anchor_targets_raw is not None:
         x = np.concatenate([x] + [volumes[int(i)].slices[volumes[int(i)].anchors.slice_index]
                                   for i in picks])
         targets = np.concatenate([anchor_targets_raw[int(i)] for i in picks])
+        landmarks = sum(volumes[int(i)].anchors.landmark_count for i in picks)
     return Batch(torch.from_numpy(x.astype(np.float32))[:, None],
                  torch.tensor(delta_h, dtype=torch.float32),
                  torch.from_numpy(targets.astype(np.float32)),
-                 torch.from_numpy(np.concatenate(retain or [np.zeros(0)]).astype(np.float32)))
+                 torch.from_numpy(np.concatenate(retain or [np.zeros(0)]).astype(np.float32)),
+                 landmarks)
 
 
 def batch_loss(net: SliceScoreNet, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
@@ -163,7 +170,7 @@ def batch_loss(net: SliceScoreNet, batch: Batch, cfg: TrainConfig) -> torch.Tens
         loss = loss + cfg.alpha_distance * distance_loss(scores)
     if cfg.anchor_weight:
         loss = loss + cfg.anchor_weight * anchor_loss(out[n_order:], batch.anchor_target,
-                                                      cfg.anchor_delta)
+                                                      cfg.anchor_delta, batch.anchor_landmarks)
     kept = ~torch.isnan(batch.retain_target)
     if cfg.retain_weight and bool(kept.any()):
         loss = loss + cfg.retain_weight * anchor_loss(out[:n_order][kept],

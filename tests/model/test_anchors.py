@@ -50,6 +50,7 @@ def test_pelvic_scale_anchors_ramp_between_the_bone_landmarks(shared_data: Path)
     bones = bone_landmarks(volume)
     bottom, crest = bones["pelvis_bottom"], bones["iliac_crest_top"]
     added = [n for n in dense.names if n not in anchors.names]
+    assert dense.landmark_count == anchors.landmark_count == len(anchors.names)
     # every 20 mm from each landmark up to the next, none within 10 mm below that one
     ends = sorted(bones.values())
     assert len(added) == sum(int((z1 - z0 - 10.0) // 20.0) for z0, z1 in pairwise(ends))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.evaluation.bone_landmarks import (
     BONE_LANDMARK_RULES,
+    BoneProfile,
     abdomen_floor,
     bone_landmarks,
+    bone_landmarks_from_profile,
     bone_profile,
+    pelvic_run,
     pelvis_reaches_bottom,
 )
 from model.evaluation.landmarks import volume_landmarks
@@ -59,3 +63,25 @@ def test_scan_ending_in_the_pelvis_has_no_pelvis_bottom(shared_data: Path) -> No
 
 def test_chest_ct_has_no_bone_landmarks(shared_data: Path) -> None:
     assert bone_landmarks(read_nifti(shared_data / "ct" / "lidc_0003.nii.gz")) == {}
+
+
+def test_the_pelvis_is_the_highest_run_not_the_widest() -> None:
+    # 10 mm slices from the feet: knees (slices 5-9, wider than the pelvis, round condyles),
+    # thin femoral shafts, then femoral heads (42-44) and iliac wings up to 48; lungs from 55
+    n = 60
+    lateral = np.zeros(n)
+    lateral[5:10], lateral[41:49] = 12.0, 9.0
+    radius = np.zeros(n)
+    radius[6:9], radius[42:45] = 25.0, 22.0
+    medial = np.zeros(n)
+    medial[5:10], medial[41] = 3.0, 2.0  # touching knees; the pubis
+    lung = np.arange(n) >= 55
+    profile = BoneProfile(lateral, lateral, medial, radius, lung, np.ones(n, bool))
+    z = np.arange(n) * 10.0
+    assert pelvic_run(profile) == (41, 48)  # shafts below the bone threshold: two runs
+    assert bone_landmarks_from_profile(profile, z) == {
+        "femoral_head_top": 440.0, "iliac_crest_top": 480.0}  # no femur-only slices below
+    lateral[10:41] = 3.0  # shafts above it join the knees to the pelvis
+    assert pelvic_run(profile) == (5, 48)
+    assert bone_landmarks_from_profile(profile, z) == {
+        "pelvis_bottom": 410.0, "femoral_head_top": 440.0, "iliac_crest_top": 480.0}

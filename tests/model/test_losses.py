@@ -70,6 +70,18 @@ def test_anchor_loss_is_huber_with_bounded_pull() -> None:
     assert scores.grad is not None and float(scores.grad[2]) == pytest.approx(1 / 3)
 
 
+def test_anchor_loss_averages_over_the_given_count() -> None:
+    scores = torch.tensor([1.0, 0.0, 5.0, 2.0], requires_grad=True)
+    targets = torch.tensor([1.1, 0.0, 1.0, 2.0])
+    every = anchor_loss(scores, targets, 0.4)
+    # averaged over the first two: the other two add their terms but dilute nobody
+    over_two = anchor_loss(scores, targets, 0.4, over=2)
+    assert float(over_two) == pytest.approx(float(every) * 4 / 2, rel=1e-6)
+    over_two.backward()  # type: ignore[no-untyped-call]
+    assert scores.grad is not None and float(scores.grad[2]) == pytest.approx(1 / 2)
+    assert float(anchor_loss(scores, targets, 0.4, over=4)) == float(every)
+
+
 def test_anchor_loss_without_anchors_is_zero_and_differentiable() -> None:
     scores = torch.zeros(0, requires_grad=True)
     loss = anchor_loss(scores, torch.zeros(0), 0.4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from model.cli.train import add_training_options, config_from_args
 from model.paths import DEFAULT_WEIGHTS
 from model.scoring.inference import ModelMeta
 from model.scoring.network import SliceScoreNet
-from model.training.anchors import anchor_targets
+from model.training.anchors import anchor_targets, with_pelvic_scale
 from model.training.dataset import TrainVolume, entries_from_paths, load_train_volumes
 from model.training.train import (
     TrainConfig,
@@ -93,6 +94,20 @@ def test_anchor_loss_pulls_landmarks_to_published_scores(volumes: list[TrainVolu
     anchored = train(volumes, [], anchored_cfg, tmp_path / "anchored", progress=False)
     assert _anchor_error(anchored, volumes, anchored_cfg) < 0.5 * _anchor_error(
         free, volumes, anchored_cfg)
+
+
+def test_pelvic_scale_anchors_leave_the_landmark_anchors_their_share(
+        volumes: list[TrainVolume]) -> None:
+    cfg = _config(anchor_weight=1.0)
+    dense = [replace(v, anchors=with_pelvic_scale(v.anchors, v.z_mm, 20.0)) for v in volumes]
+    batches = [_gather(np.random.default_rng(1), vs, np.arange(len(vs)), cfg,
+                       [anchor_targets(v.anchors, cfg.anchor_scale, cfg.anchor_offset)
+                        for v in vs])
+               for vs in (volumes, dense)]
+    plain, extra = batches
+    assert len(extra.anchor_target) > len(plain.anchor_target)  # pelvicref_003's ramp
+    # the anchor loss stays averaged over the landmarks alone (run p17 diluted the lungs)
+    assert extra.anchor_landmarks == plain.anchor_landmarks == len(plain.anchor_target)
 
 
 def test_fine_tuning_starts_from_the_given_weights(volumes: list[TrainVolume],
