@@ -46,6 +46,8 @@ ANCHOR_LANDMARKS: dict[str, str] = {
 TORSO_LANDMARKS: frozenset[str] = frozenset(ANCHOR_LANDMARKS) - {"lung_top"}
 #: Distances below the pelvis bottom of the thigh anchors (inside the scan's content only).
 THIGH_OFFSETS_MM: tuple[float, ...] = (50.0, 100.0, 150.0)
+#: Name prefix of the anchors :func:`with_pelvic_scale` adds between the pelvic bone landmarks.
+PELVIC_SCALE_PREFIX = "pelvic_"
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,6 @@ def _thighs(found: dict[str, float], z_lowest: float) -> dict[str, tuple[float, 
     return {f"thigh_{d:g}mm": (bottom - d, start - d * per_mm)
             for d in THIGH_OFFSETS_MM if bottom - d >= z_lowest}
 
-
-#: Name prefix of the anchors :func:`with_pelvic_scale` adds between the pelvic bone landmarks.
-PELVIC_SCALE_PREFIX = "pelvic_"
 
 #: The bone landmarks that span the pelvis, feet → head.
 PELVIC_SCALE_LANDMARKS: tuple[str, ...] = ("pelvis_bottom", "femoral_head_top", "iliac_crest_top")
