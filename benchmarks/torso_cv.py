@@ -9,7 +9,8 @@ assign_folds`). Fold N's model is trained with the ``bpr train`` options given h
 manifest's train split and the other folds' torso volumes, without fold N, and written to
 ``OUT/fold-N/`` (an existing ``bpr_model.pt`` there is reused and a stopped fold resumes
 from its checkpoint, so folds can run one at a time). Every manifest volume is then
-scored, calibrated on the fold's training lungs as ``bpr evaluate`` does, and the fold's
+scored on the scale ``bpr evaluate`` gives it (the units of its anchors; without anchors,
+calibrated on the fold's training lungs), and the fold's
 held-out volumes are measured; the 20-slice DICOM example, which no model trains on, is
 measured under every fold's model.
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from model.cli.train import add_training_options, config_from_args, training_volumes
+from model.evaluation.calibration import anchor_units
 from model.evaluation.cross_validation import (
     FoldFigures,
     HeldOutVolume,
@@ -45,6 +47,7 @@ from model.evaluation.metrics import calibrate, monotonicity, reference_table
 from model.paths import shared_data_dir
 from model.reading.load import load_volumes
 from model.scoring import preprocess
+from model.scoring.inference import ModelMeta
 from model.scoring.network import SliceScoreNet
 from model.training.dataset import TrainVolume, load_train_volumes, read_list
 from model.training.export import export_model
@@ -69,10 +72,11 @@ def _anatomy(items: list[EvalItem], cache: Path) -> dict[str, dict[str, object]]
     return data
 
 
-def _load_net(weights: Path) -> SliceScoreNet:
+def _load_net(weights: Path) -> tuple[SliceScoreNet, tuple[float, float] | None]:
+    """The network and the units of its anchors (None: calibrate it on the lungs)."""
     net = SliceScoreNet()
     net.load_state_dict(torch.load(weights, weights_only=True))
-    return net.eval()
+    return net.eval(), anchor_units(ModelMeta.read(weights.with_suffix(".json")).training)
 
 
 def _unseen_slices() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -86,17 +90,21 @@ def _unseen_slices() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def measure_fold(net: SliceScoreNet, fold: int, folds: dict[str, int],
                  volumes: dict[str, TrainVolume], items: list[EvalItem],
                  anatomy: dict[str, dict[str, object]], trained_on: set[str],
-                 unseen: dict[str, tuple[np.ndarray, np.ndarray]]
+                 unseen: dict[str, tuple[np.ndarray, np.ndarray]],
+                 units: tuple[float, float] | None = None
                  ) -> tuple[list[HeldOutVolume], dict[str, float | None]]:
-    """Held-out figures of one fold's model, calibrated on the lungs of what it trained on."""
+    """Held-out figures of one fold's model on the scale ``units`` (those of its anchors),
+    or, without them, calibrated on the lungs of what it trained on."""
     raw = {n: score_stack(net, v.slices).astype(np.float64) for n, v in volumes.items()}
 
     def lm(name: str) -> dict[str, float]:
         return anatomy[name]["landmarks"]  # type: ignore[return-value]
 
-    lung_scores = [{k: float(np.interp(z, volumes[n].z_mm, raw[n])) for k, z in lm(n).items()}
-                   for n in trained_on if n in raw]
-    scale, offset = calibrate(reference_table(lung_scores))
+    if units is None:
+        lung_scores = [{k: float(np.interp(z, volumes[n].z_mm, raw[n]))
+                        for k, z in lm(n).items()} for n in trained_on if n in raw]
+        units = calibrate(reference_table(lung_scores))
+    scale, offset = units
     out = []
     for item in items:
         if folds.get(item.name) != fold:
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                          or (e.name not in folds and e.split == "train")]
         trained_on = {e.name for e in train_entries}
         if args.baseline is not None:
-            net = _load_net(args.baseline)
+            net, units = _load_net(args.baseline)
         else:
             weights = args.out / f"fold-{fold}" / "bpr_model.pt"
             if not weights.exists():
@@ -148,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                 net = train(training_volumes(train_entries, args), [], cfg, weights.parent,
                             resume=True)
                 export_model(net, asdict(cfg), weights.parent)
-            net = _load_net(weights)
-        held, rho = measure_fold(net, fold, folds, volumes, items, anatomy, trained_on, unseen)
+            net, units = _load_net(weights)
+        held, rho = measure_fold(net, fold, folds, volumes, items, anatomy, trained_on, unseen,
+                                 units)
         results += held
         per_fold.append(fold_figures(held))
         unseen_rho.append(rho)

@@ -60,7 +60,9 @@ class AdaptSettings:
     lr, anchor_weight, retain_weight, alpha_distance : float
         As for ``bpr train`` (:class:`~model.training.train.TrainConfig`); the defaults are
         the shipped model's stage-2 recipe (model card, Reproduce), so a site's copy is
-        trained as the model it adapts was.
+        trained as the model it adapts was; its scale anchors are left out (a site's series
+        rarely show both ends of a region, and the abdomen extension needs the training
+        set's abdomen length), so a site's copy is held by the landmark anchors alone.
     validate_on_shared_data : bool
         Also compare the validation LMSE on ``../shared/data`` when it is present.
     seed : int
@@ -74,7 +76,7 @@ class AdaptSettings:
     volumes_per_batch: int = 32
     lr: float = 1e-4
     anchor_weight: float = 1.0
-    retain_weight: float = 1.0
+    retain_weight: float = 2.0
     alpha_distance: float = 0.3
     validate_on_shared_data: bool = True
     seed: int = 0

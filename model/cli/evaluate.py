@@ -17,8 +17,12 @@ def add_evaluate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--manifest", type=Path, default=None,
                    help="CSV of volumes (default ../shared/data/manifest.csv)")
     p.add_argument("--only", default="", help="evaluate only ids containing this text")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="use the score scale of the model metadata instead of fitting it")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--no-calibrate", action="store_true",
+                       help="use the score scale of the model metadata instead of fitting it")
+    scale.add_argument("--calibrate-on-lungs", action="store_true",
+                       help="fit the score scale on the training lungs even for a model"
+                            " trained with anchors (default: the units of its anchors)")
     p.add_argument("--write-meta", action="store_true",
                    help="store scale, reference table and statistics in the weights' JSON")
     p.add_argument("--compare", type=Path, default=None,
@@ -36,7 +40,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     import torch
 
     from model.cli.output import write_json
-    from model.evaluation.calibration import model_statistics, write_calibration
+    from model.evaluation.calibration import anchor_units, model_statistics, write_calibration
     from model.evaluation.evaluate import evaluate_scores, load_regressor, score_items
     from model.evaluation.manifest import read_manifest
     from model.evaluation.metrics import z_test
@@ -49,8 +53,14 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     volumes = score_items(regressor, items)
     meta = regressor.meta
-    report = evaluate_scores(volumes, model_version=meta.version, scale_offset=None
-                             if not args.no_calibrate else (meta.score_scale, meta.score_offset))
+    units = None if args.calibrate_on_lungs else anchor_units(meta.training)
+    scale_offset: tuple[float, float] | None
+    if args.no_calibrate:
+        scale_offset, source = (meta.score_scale, meta.score_offset), "metadata"
+    else:  # None: fitted on the lungs
+        scale_offset, source = units, "anchors"
+    report = evaluate_scores(volumes, model_version=meta.version, scale_offset=scale_offset,
+                             scale_source=source)
     report.seconds = time.perf_counter() - start
     document = report.to_dict()
     print(report.to_markdown())

@@ -56,11 +56,17 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anchor-weight", type=float, default=0.0,
                    help="γ of the anchor loss: image landmarks pulled to bpreg's published"
                         " scores (0: off)")
-    p.add_argument("--pelvic-anchor-step", type=float, default=0.0, metavar="MM",
-                   help="with --anchor-weight: also anchor a slice every MM mm between the"
-                        " pelvis bottom, femoral head top and iliac crest, on the volume's own"
-                        " pelvic scale, adding to the anchor loss averaged over the landmarks"
-                        " (0: off)")
+    for region, between in (("pelvic", "the pelvis bottom, femoral head top and iliac crest"),
+                            ("abdomen", "the iliac crest and the lung bottom")):
+        p.add_argument(f"--{region}-anchor-step", type=float, default=0.0, metavar="MM",
+                       help=f"with --anchor-weight: also anchor a slice every MM mm between"
+                            f" {between}, on the volume's own scale, adding to the anchor loss"
+                            " averaged over the landmarks (0: off)")
+    p.add_argument("--abdomen-extension", type=float, default=0.0, metavar="MM",
+                   help="with --abdomen-anchor-step: a volume that shows only the iliac crest"
+                        " or only the lung bottom is also anchored every step up to MM mm into"
+                        " the abdomen, on bpreg's abdominal scale over the training set's"
+                        " median abdomen length (0: off)")
     p.add_argument("--retain-weight", type=float, default=0.0,
                    help="weight that keeps the teacher's scores of slices it places at or"
                         " above the lung top (head and neck); the teacher is --teacher,"
@@ -101,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         augment=not args.no_augment, small_fov_p=args.small_fov_p, threads=args.threads,
         anchor_weight=args.anchor_weight, torso_factor=args.torso_factor,
         pelvic_anchor_step_mm=args.pelvic_anchor_step,
+        abdomen_anchor_step_mm=args.abdomen_anchor_step,
+        abdomen_extension_mm=args.abdomen_extension,
         retain_weight=args.retain_weight, retain_scope=args.retain_scope,
         anchor_scale=scale, anchor_offset=offset, init_weights=str(args.init or ""),
         teacher_weights=str(args.teacher or ""),

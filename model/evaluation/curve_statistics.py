@@ -42,8 +42,13 @@ SLOPE_OUTLIER_FACTOR = 2.0
 #: Score bins of the slope profile (wide enough that each holds ≥ 20 mm of most curves).
 PROFILE_BIN_WIDTH = 10.0
 #: A bin enters the profile with slopes of at least this many curves; others are left to
-#: interpolation between their neighbours.
-PROFILE_MIN_CURVES = 3
+#: interpolation between their neighbours, or beyond the outermost bins to their slope. Two,
+#: because only two real training curves show the pelvis: with three (run p24) the pelvis
+#: had no bin and took the abdomen's slope (0.096 against its own 0.12-0.13 per mm), its
+#: training windows then reached slope ratios of 1.8, and the short-series tolerance grew
+#: so wide that ×½ spacing went unnoticed on 7 more volumes (`term_report`: 133 of 143
+#: caught, 140 with two).
+PROFILE_MIN_CURVES = 2
 #: A curve contributes to a bin with at least this many slices spanning this many mm there.
 PROFILE_MIN_SLICES = 4
 PROFILE_MIN_MM = 20.0

@@ -181,6 +181,7 @@ def evaluate_scores(
     eval_split: str = "val",
     reference_split: str = "train",
     min_reference_n: int = 1,
+    scale_source: str = "metadata",
 ) -> EvaluationReport:
     """Metrics from already scored volumes.
 
@@ -195,6 +196,9 @@ def evaluate_scores(
         Split whose volumes are measured, and split the reference table comes from.
     min_reference_n : int
         Landmarks seen in fewer reference volumes are left out of the LMSE.
+    scale_source : str
+        Where a given ``scale_offset`` came from, for the report (a key of
+        :data:`~model.evaluation.report.SCALE_SOURCES`); "lungs" when it is fitted here.
 
     Raises
     ------
@@ -203,8 +207,8 @@ def evaluate_scores(
         reference volume shows.
     """
     ref_volumes = [v for v in volumes if v.split == reference_split]
-    calibrated = scale_offset is None
     if scale_offset is None:
+        scale_source = "lungs"
         scale_offset = calibrate(reference_table(v.landmark_scores() for v in ref_volumes))
     scale, offset = scale_offset
     full_reference = reference_table(v.landmark_scores(scale, offset) for v in ref_volumes)
@@ -226,7 +230,7 @@ def evaluate_scores(
         n_volumes[v.split] = n_volumes.get(v.split, 0) + 1
     return EvaluationReport(
         model_version=model_version, score_scale=scale, score_offset=offset,
-        calibrated=calibrated, eval_split=eval_split, reference_split=reference_split,
+        scale_source=scale_source, eval_split=eval_split, reference_split=reference_split,
         n_volumes=n_volumes, normalization_d=d,
         landmarks=landmark_rows(full_reference, [r.landmarks for r in evals]),
         lmse=summarize_lmse([r.lmse for r in measured if r.lmse is not None]),

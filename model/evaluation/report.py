@@ -78,6 +78,14 @@ class MonotonicitySummary:
     slope_per_mm_mean: float | None
 
 
+#: Where a report's score scale came from → how the Markdown report says it.
+SCALE_SOURCES: dict[str, str] = {
+    "lungs": "calibrated here on the lungs",
+    "anchors": "the units the model's anchors were trained in",
+    "metadata": "from the model metadata",
+}
+
+
 @dataclass
 class EvaluationReport:
     """Everything the evaluation measured, for JSON output and the model card."""
@@ -85,7 +93,7 @@ class EvaluationReport:
     model_version: str
     score_scale: float
     score_offset: float
-    calibrated: bool
+    scale_source: str  # "lungs" (fitted here), "anchors" or "metadata"
     eval_split: str
     reference_split: str
     n_volumes: dict[str, int]
@@ -106,7 +114,8 @@ class EvaluationReport:
             "model_version": self.model_version,
             "score_scale": self.score_scale,
             "score_offset": self.score_offset,
-            "calibrated": self.calibrated,
+            "calibrated": self.scale_source == "lungs",
+            "scale_source": self.scale_source,
             "eval_split": self.eval_split,
             "reference_split": self.reference_split,
             "n_volumes": self.n_volumes,
@@ -159,7 +168,7 @@ def _markdown_sections(r: EvaluationReport) -> list[str]:
         "",
         f"Volumes: {counts}. Reference table from `{r.reference_split}`, metrics on "
         f"`{r.eval_split}`. Score = {r.score_scale:.4g} · raw + {r.score_offset:.4g}"
-        f" ({'calibrated here on the lungs' if r.calibrated else 'from the model metadata'});"
+        f" ({SCALE_SOURCES[r.scale_source]});"
         f" normalisation constant d = {r.normalization_d:.3g}.",
         "",
         "| landmark | n train | reference | sd | published | n val | val RMSE |",

@@ -17,6 +17,7 @@ pelvis bottom are anchored on the volume's own pelvic scale continued downwards.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -46,8 +47,8 @@ ANCHOR_LANDMARKS: dict[str, str] = {
 TORSO_LANDMARKS: frozenset[str] = frozenset(ANCHOR_LANDMARKS) - {"lung_top"}
 #: Distances below the pelvis bottom of the thigh anchors (inside the scan's content only).
 THIGH_OFFSETS_MM: tuple[float, ...] = (50.0, 100.0, 150.0)
-#: Name prefix of the anchors :func:`with_pelvic_scale` adds between the pelvic bone landmarks.
-PELVIC_SCALE_PREFIX = "pelvic_"
+#: Name prefix of the anchors :func:`with_scale_anchors` interpolates between landmarks.
+SCALE_ANCHOR_PREFIX = "scale_"
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class Anchors:
 
     @property
     def landmark_count(self) -> int:
-        """How many anchors are landmarks, not interpolated by :func:`with_pelvic_scale`."""
-        return sum(not n.startswith(PELVIC_SCALE_PREFIX) for n in self.names)
+        """How many anchors are landmarks, not interpolated by :func:`with_scale_anchors`."""
+        return sum(not n.startswith(SCALE_ANCHOR_PREFIX) for n in self.names)
 
     @property
     def shows_torso(self) -> bool:
@@ -98,24 +99,28 @@ def _thighs(found: dict[str, float], z_lowest: float) -> dict[str, tuple[float, 
             for d in THIGH_OFFSETS_MM if bottom - d >= z_lowest}
 
 
-#: The bone landmarks that span the pelvis, feet → head.
-PELVIC_SCALE_LANDMARKS: tuple[str, ...] = ("pelvis_bottom", "femoral_head_top", "iliac_crest_top")
+#: Landmarks, feet → head, between which :func:`with_scale_anchors` interpolates: the pelvis
+#: (pelvis bottom to iliac crest) and the abdomen (iliac crest to lung bottom).
+PELVIC_SPAN: tuple[str, ...] = ("pelvis_bottom", "femoral_head_top", "iliac_crest_top")
+ABDOMEN_SPAN: tuple[str, ...] = ("iliac_crest_top", "lung_bottom")
 
 
-def with_pelvic_scale(anchors: Anchors, z_axis: npt.NDArray[np.float64], step_mm: float
-                      ) -> Anchors:
-    """``anchors`` plus one anchor every ``step_mm`` between consecutive pelvic bone
-    landmarks, its target interpolated linearly on bpreg's scale between theirs.
+def with_scale_anchors(anchors: Anchors, z_axis: npt.NDArray[np.float64], step_mm: float,
+                       span: tuple[str, ...]) -> Anchors:
+    """``anchors`` plus one anchor every ``step_mm`` between consecutive landmarks of
+    ``span``, its target interpolated linearly on bpreg's scale between theirs: the
+    volume's own scale.
 
-    The three pelvic anchors alone leave the model free to score the pelvis as a step: runs
+    The landmark anchors alone leave the model free to score a region as a step: runs
     p4 and p16 score the slices 20-120 mm above the pelvis bottom of Pelvic-Ref-003, one of
-    their anchored training volumes, at 11-20 where its own scale puts 2-14. ``z_axis`` is
-    the volume's slice positions (the anchors' slice indices point into it); a volume
-    without two of the landmarks is returned unchanged.
+    their anchored training volumes, at 11-20 where its own scale puts 2-14, and p20, whose
+    pelvis follows its own scale, compresses the abdomen to twice bpreg's score per mm.
+    ``z_axis`` is the volume's slice positions (the anchors' slice indices point into it); a
+    volume without two landmarks of ``span`` is returned unchanged.
     """
     if step_mm <= 0:
-        raise ValueError("the pelvic anchor step must be positive")
-    at = [anchors.names.index(n) for n in PELVIC_SCALE_LANDMARKS if n in anchors.names]
+        raise ValueError("the scale anchor step must be positive")
+    at = [anchors.names.index(n) for n in span if n in anchors.names]
     ends, targets = anchors.z_mm[at], anchors.score[at]
     added = np.array([z0 + k * step_mm for z0, z1 in pairwise(ends)
                       for k in range(1, int((z1 - z0) // step_mm) + 1)
@@ -123,12 +128,60 @@ def with_pelvic_scale(anchors: Anchors, z_axis: npt.NDArray[np.float64], step_mm
                      dtype=np.float64)
     if not added.size:
         return anchors
-    names = (*anchors.names, *(f"{PELVIC_SCALE_PREFIX}{z - ends[0]:g}mm" for z in added))
-    z_mm = np.concatenate([anchors.z_mm, added])
-    index = np.concatenate([anchors.slice_index, _nearest_slices(z_axis, added)])
-    score = np.concatenate([anchors.score, np.interp(added, ends, targets)])
+    return _with_added(anchors, z_axis, added, np.interp(added, ends, targets),
+                       [f"{SCALE_ANCHOR_PREFIX}{span[0]}+{z - ends[0]:g}mm" for z in added])
+
+
+def abdomen_length_mm(anchors: Iterable[Anchors]) -> float | None:
+    """Median distance from the iliac crest top up to the lung bottom over the volumes that
+    show both (None without one): the abdomen's length in the training set."""
+    lengths = [lungs - crest for a in anchors
+               if (crest := a.z_of("iliac_crest_top")) is not None
+               and (lungs := a.z_of("lung_bottom")) is not None and lungs > crest]
+    return float(np.median(lengths)) if lengths else None
+
+
+def with_abdomen_extension(anchors: Anchors, z_axis: npt.NDArray[np.float64], step_mm: float,
+                           reach_mm: float, length_mm: float) -> Anchors:
+    """``anchors`` plus, for a volume that shows one end of the abdomen but not the other,
+    one anchor every ``step_mm`` up to ``reach_mm`` into the abdomen from that end (inside
+    the scan), its target on bpreg's abdominal scale stretched over ``length_mm``
+    (:func:`abdomen_length_mm`).
+
+    Most torso scans show only one end: a chest CT stops below its lung bottom, a pelvic CT
+    above its iliac crest. Without anchors there the abdomen is free, and runs p16-p22
+    score it twice as steep as bpreg (the OnkoDICOM thorax's lowest 120 mm fall from 44 to
+    23, past the crest's 28.8) or flat (Pelvic-Ref-002's lowest 100 mm above its crest).
+    """
+    if step_mm <= 0 or reach_mm <= 0 or length_mm <= 0:
+        raise ValueError("the abdomen extension needs a positive step, reach and length")
+    crest, lungs = anchors.z_of("iliac_crest_top"), anchors.z_of("lung_bottom")
+    if (crest is None) == (lungs is None):
+        return anchors
+    per_mm = (PUBLISHED_REFERENCE["lung_start"] - PUBLISHED_REFERENCE["pelvis_end"]) / length_mm
+    distances = np.arange(step_mm, reach_mm + step_mm / 2, step_mm)
+    # from the lung bottom downwards, or from the iliac crest upwards
+    end, sign = ("lung_bottom", -1.0) if lungs is not None else ("iliac_crest_top", 1.0)
+    start = anchors.z_of(end)
+    assert start is not None
+    z = start + sign * distances
+    inside = (z >= z_axis.min()) & (z <= z_axis.max())
+    if not inside.any():
+        return anchors
+    score = PUBLISHED_REFERENCE[ANCHOR_LANDMARKS[end]] + sign * distances[inside] * per_mm
+    return _with_added(anchors, z_axis, z[inside], score,
+                       [f"{SCALE_ANCHOR_PREFIX}{end}{sign * d:+g}mm" for d in distances[inside]])
+
+
+def _with_added(anchors: Anchors, z_axis: npt.NDArray[np.float64], z: npt.NDArray[np.float64],
+                score: npt.NDArray[np.float64], names: list[str]) -> Anchors:
+    """``anchors`` and the anchors ``names`` at ``z`` with targets ``score``, feet → head."""
+    all_names = (*anchors.names, *names)
+    z_mm = np.concatenate([anchors.z_mm, z])
+    index = np.concatenate([anchors.slice_index, _nearest_slices(z_axis, z)])
+    scores = np.concatenate([anchors.score, score])
     order = np.argsort(z_mm, kind="stable")
-    return Anchors(tuple(names[i] for i in order), z_mm[order], index[order], score[order])
+    return Anchors(tuple(all_names[i] for i in order), z_mm[order], index[order], scores[order])
 
 
 def _nearest_slices(z_axis: npt.NDArray[np.float64], z_mm: npt.NDArray[np.float64]

@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from model.scoring.network import STAGE_CHANNELS, SliceScoreNet
 from model.training import augment as aug
-from model.training.anchors import anchor_targets, with_pelvic_scale
+from model.training.anchors import (
+    ABDOMEN_SPAN,
+    PELVIC_SPAN,
+    abdomen_length_mm,
+    anchor_targets,
+    with_abdomen_extension,
+    with_scale_anchors,
+)
 from model.training.dataset import TrainVolume
 from model.training.losses import (
     anchor_loss,
@@ -64,10 +71,17 @@ class TrainConfig:
     anchor_delta: float = 0.4
     anchor_scale: float = 12.35
     anchor_offset: float = 67.42
-    # Extra anchors every this many mm between the pelvic bone landmarks, on the volume's
-    # own pelvic scale (anchors.with_pelvic_scale); 0: off. They add to the anchor loss,
-    # which stays averaged over the landmark anchors only (Batch.anchor_landmarks).
+    # Extra anchors every this many mm between the pelvic bone landmarks (pelvic) and
+    # between the iliac crest and the lung bottom (abdomen), on the volume's own scale
+    # (anchors.with_scale_anchors); 0: off. They add to the anchor loss, which stays
+    # averaged over the landmark anchors only (Batch.anchor_landmarks).
     pelvic_anchor_step_mm: float = 0.0
+    abdomen_anchor_step_mm: float = 0.0
+    # A volume that shows only one end of the abdomen (iliac crest or lung bottom) gets
+    # abdomen_anchor_step_mm-spaced anchors up to this many mm into the abdomen from it, on
+    # bpreg's abdominal scale stretched over the training set's median abdomen length
+    # (anchors.with_abdomen_extension); 0: off.
+    abdomen_extension_mm: float = 0.0
     # Retention: slices that the teacher (``teacher_weights``, else the starting weights)
     # scores at or above ``retain_above`` (calibrated; default bpreg's lung_end: the head and
     # neck, where it is accurate) keep that raw score, with weight ρ and the anchors' Huber δ.
@@ -117,7 +131,7 @@ class Batch:
     anchor_target: torch.Tensor  # (k,) raw targets of the anchor slices
     retain_target: torch.Tensor  # (B·m,)
     # How many of the k anchors are landmarks: the anchor loss is averaged over them, so
-    # the pelvic-scale anchors add their pull without diluting the lung anchors' (run p17).
+    # the scale anchors add their pull without diluting the lung anchors' (run p17).
     anchor_landmarks: int = 0
 
 
@@ -269,16 +283,27 @@ class _RunState:
 
 def _usable_volumes(train_volumes: list[TrainVolume], val_volumes: list[TrainVolume],
                     cfg: TrainConfig) -> tuple[list[TrainVolume], list[TrainVolume]]:
-    """The volumes with the slices a sample needs; the training ones with their pelvic-scale
-    anchors when ``cfg`` asks for them (as new objects: a caller may train on them again)."""
+    """The volumes with the slices a sample needs; the training ones with their pelvic and
+    abdominal scale anchors when ``cfg`` asks for them (as new objects: a caller may train
+    on them again)."""
     need = cfg.slices_per_volume
     usable = [v for v in train_volumes if len(v.z_mm) >= need]
     if not usable:
         raise ValueError(f"no training volume has the {need} slices needed per sample")
-    if cfg.pelvic_anchor_step_mm > 0:
-        usable = [replace(v, anchors=with_pelvic_scale(v.anchors, v.z_mm,
-                                                       cfg.pelvic_anchor_step_mm))
-                  for v in usable]
+    if cfg.abdomen_extension_mm > 0:
+        length = abdomen_length_mm(v.anchors for v in usable)
+        if length is None:
+            raise ValueError("the abdomen extension needs a training volume that shows both"
+                             " the iliac crest and the lung bottom")
+        log.info("abdomen extension on a %.0f mm abdomen (median crest to lung bottom)", length)
+        usable = [replace(v, anchors=with_abdomen_extension(
+            v.anchors, v.z_mm, cfg.abdomen_anchor_step_mm, cfg.abdomen_extension_mm, length))
+            for v in usable]
+    for step, span in ((cfg.pelvic_anchor_step_mm, PELVIC_SPAN),
+                       (cfg.abdomen_anchor_step_mm, ABDOMEN_SPAN)):
+        if step > 0:
+            usable = [replace(v, anchors=with_scale_anchors(v.anchors, v.z_mm, step, span))
+                      for v in usable]
     return usable, [v for v in val_volumes if len(v.z_mm) >= need]
 
 

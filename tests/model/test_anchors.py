@@ -13,12 +13,16 @@ from model.evaluation.lung_landmarks import lung_landmarks_from_ct
 from model.interpretation.bodypart import PUBLISHED_REFERENCE
 from model.reading.nifti import read_nifti
 from model.training.anchors import (
+    ABDOMEN_SPAN,
     ANCHOR_LANDMARKS,
     NO_ANCHORS,
+    PELVIC_SPAN,
     Anchors,
+    abdomen_length_mm,
     anchor_targets,
     find_anchors,
-    with_pelvic_scale,
+    with_abdomen_extension,
+    with_scale_anchors,
 )
 from model.training.dataset import entries_from_paths, load_train_volumes
 
@@ -46,7 +50,7 @@ def test_pelvis_scan_anchors_on_its_bones(shared_data: Path) -> None:
 def test_pelvic_scale_anchors_ramp_between_the_bone_landmarks(shared_data: Path) -> None:
     volume = read_nifti(shared_data / "ct" / "pelvicref_003.nii.gz")
     anchors = find_anchors(volume)
-    dense = with_pelvic_scale(anchors, volume.z_mm, 20.0)
+    dense = with_scale_anchors(anchors, volume.z_mm, 20.0, PELVIC_SPAN)
     bones = bone_landmarks(volume)
     bottom, crest = bones["pelvis_bottom"], bones["iliac_crest_top"]
     added = [n for n in dense.names if n not in anchors.names]
@@ -66,15 +70,64 @@ def test_pelvic_scale_anchors_ramp_between_the_bone_landmarks(shared_data: Path)
             assert score == pytest.approx(expected)
 
 
+def test_abdominal_scale_anchors_ramp_from_the_iliac_crest_to_the_lung_bottom(
+        shared_data: Path) -> None:
+    # the one real volume whose scan shows both ends of the abdomen
+    volume = read_nifti(shared_data / "ct" / "acrin_flt_breast_001_lower.nii.gz")
+    anchors = find_anchors(volume)
+    crest, lungs = anchors.z_of("iliac_crest_top"), anchors.z_of("lung_bottom")
+    assert crest is not None and lungs is not None and 150.0 < lungs - crest < 300.0
+    dense = with_scale_anchors(anchors, volume.z_mm, 20.0, ABDOMEN_SPAN)
+    added = [i for i, n in enumerate(dense.names) if n not in anchors.names]
+    assert len(added) == int((lungs - crest - 10.0) // 20.0)
+    assert dense.landmark_count == anchors.landmark_count
+    assert all(crest < dense.z_mm[i] < lungs for i in added)
+    expected = np.interp(dense.z_mm[added], [crest, lungs],
+                         [PUBLISHED_REFERENCE["pelvis_end"], PUBLISHED_REFERENCE["lung_start"]])
+    assert dense.score[added] == pytest.approx(expected)
+    # the pelvic span of the same volume (crest and femoral heads) is ramped on its own
+    both = with_scale_anchors(dense, volume.z_mm, 20.0, PELVIC_SPAN)
+    assert len(both.names) > len(dense.names) and np.all(np.diff(both.score) > 0)
+
+
+def test_abdomen_extension_continues_one_end_of_the_abdomen_into_it(shared_data: Path) -> None:
+    both, chest, pelvis = (read_nifti(shared_data / "ct" / f"{n}.nii.gz") for n in
+                           ("acrin_flt_breast_001_lower", "crlm_ct_1004", "pelvicref_003"))
+    found = [find_anchors(v) for v in (both, chest, pelvis)]
+    length = abdomen_length_mm(found)
+    crest, lungs = found[0].z_of("iliac_crest_top"), found[0].z_of("lung_bottom")
+    assert crest is not None and lungs is not None and length == lungs - crest
+    per_mm = (PUBLISHED_REFERENCE["lung_start"] - PUBLISHED_REFERENCE["pelvis_end"]) / 170.0
+    # a volume that shows both ends has its own scale (ABDOMEN_SPAN): left alone
+    assert with_abdomen_extension(found[0], both.z_mm, 20.0, 120.0, 170.0) is found[0]
+    for volume, anchors, end, sign in ((chest, found[1], "lung_bottom", -1.0),
+                                       (pelvis, found[2], "iliac_crest_top", 1.0)):
+        start = anchors.z_of(end)
+        assert start is not None
+        longer = with_abdomen_extension(anchors, volume.z_mm, 20.0, 120.0, 170.0)
+        added = [i for i, n in enumerate(longer.names) if n not in anchors.names]
+        assert added and longer.landmark_count == anchors.landmark_count
+        distance = sign * (longer.z_mm[added] - start)
+        assert set(np.round(distance)) <= {20.0, 40.0, 60.0, 80.0, 100.0, 120.0}
+        assert np.all(longer.z_mm[added] >= volume.z_mm.min())
+        assert np.all(longer.z_mm[added] <= volume.z_mm.max())  # inside the scan
+        expected = PUBLISHED_REFERENCE[ANCHOR_LANDMARKS[end]] + sign * distance * per_mm
+        assert longer.score[added] == pytest.approx(expected)
+        assert np.all(np.diff(longer.score) > 0)
+    with pytest.raises(ValueError, match="positive"):
+        with_abdomen_extension(found[1], chest.z_mm, 20.0, 0.0, 170.0)
+    assert abdomen_length_mm([found[1], found[2]]) is None
+
+
 def test_pelvic_scale_leaves_a_volume_without_the_pelvis_alone(shared_data: Path) -> None:
     volume = read_nifti(shared_data / "ct" / "lidc_0003.nii.gz")
     anchors = find_anchors(volume)
-    assert with_pelvic_scale(anchors, volume.z_mm, 20.0) is anchors
+    assert with_scale_anchors(anchors, volume.z_mm, 20.0, PELVIC_SPAN) is anchors
 
 
 def test_pelvic_scale_needs_a_positive_step() -> None:
     with pytest.raises(ValueError, match="positive"):
-        with_pelvic_scale(NO_ANCHORS, np.zeros(0), 0.0)
+        with_scale_anchors(NO_ANCHORS, np.zeros(0), 0.0, PELVIC_SPAN)
 
 
 def test_chest_scan_anchors_on_its_lung_ends(shared_data: Path) -> None:

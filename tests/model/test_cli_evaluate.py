@@ -53,3 +53,22 @@ def test_write_meta_stores_scale_reference_and_statistics(exported: Path, manife
                  "--compare", str(report), "--json", str(compared)]) == 0
     comparison = json.loads(compared.read_text())["comparison"]
     assert comparison["z"] == pytest.approx(0.0, abs=1e-6)  # same model, same scale
+
+
+def test_a_model_trained_with_anchors_keeps_their_units(manifest: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    training = {"anchor_weight": 1.0, "anchor_scale": 12.0, "anchor_offset": 67.0}
+    weights = export_model(SliceScoreNet(), training, tmp_path / "anchored")
+    kept, fitted = tmp_path / "kept.json", tmp_path / "fitted.json"
+    assert main(["evaluate", str(weights), "--manifest", str(manifest), "--json", str(kept),
+                 "--write-meta"]) == 0
+    document = json.loads(kept.read_text())
+    assert document["scale_source"] == "anchors" and not document["calibrated"]
+    assert (document["score_scale"], document["score_offset"]) == (12.0, 67.0)
+    assert BodyPartRegressor.load(weights).meta.score_scale == 12.0
+    # the lung fit stays available, and is what a model without anchors gets
+    assert main(["evaluate", str(weights), "--manifest", str(manifest), "--json", str(fitted),
+                 "--calibrate-on-lungs"]) == 0
+    refit = json.loads(fitted.read_text())
+    assert refit["scale_source"] == "lungs" and refit["score_scale"] != 12.0
+    assert refit["reference_table"]["lung_top"]["mean"] == pytest.approx(75.4, abs=1e-3)

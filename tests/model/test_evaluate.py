@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluation.calibration import model_statistics
+from model.evaluation.calibration import anchor_units, model_statistics
 from model.evaluation.evaluate import VolumeScores, evaluate, evaluate_scores, score_item
 from model.evaluation.lung_landmarks import lung_landmarks_from_ct
 from model.evaluation.manifest import EvalItem, read_manifest, region_group
@@ -201,7 +201,7 @@ def test_evaluate_scores_with_given_scale_is_not_recalibrated() -> None:
     lungs = {"lung_bottom": 100.0, "lung_top": 300.0}
     volumes = [_volume("t", "train", lungs), _volume("v", "val", lungs)]
     report = evaluate_scores(volumes, scale_offset=(1.0, 0.0))
-    assert not report.calibrated and report.score_scale == 1.0
+    assert report.scale_source == "metadata" and report.score_scale == 1.0
     assert report.normalization_d == pytest.approx(2.0 / 31.3)
     assert report.lmse.mean == pytest.approx(0.0)
 
@@ -334,3 +334,11 @@ def test_limb_crops_are_left_out_of_the_model_statistics(regressor: BodyPartRegr
     assert model_statistics(regressor, report, [*trunks, crop]) == stats
     counted = model_statistics(regressor, report, [*trunks, replace(crop, limb_crop=False)])
     assert counted["slope_per_mm"] != stats["slope_per_mm"]
+
+
+def test_anchor_units_are_those_of_an_anchored_training() -> None:
+    assert anchor_units({"anchor_weight": 1.0, "anchor_scale": 12.35,
+                         "anchor_offset": 67.42}) == (12.35, 67.42)
+    assert anchor_units({"anchor_weight": 0.0, "anchor_scale": 12.35,
+                         "anchor_offset": 67.42}) is None
+    assert anchor_units({"note": "exported by hand"}) is None

@@ -14,13 +14,14 @@ from model.cli.train import add_training_options, config_from_args
 from model.paths import DEFAULT_WEIGHTS
 from model.scoring.inference import ModelMeta
 from model.scoring.network import SliceScoreNet
-from model.training.anchors import anchor_targets, with_pelvic_scale
+from model.training.anchors import PELVIC_SPAN, anchor_targets, with_scale_anchors
 from model.training.dataset import TrainVolume, entries_from_paths, load_train_volumes
 from model.training.train import (
     TrainConfig,
     _balanced_weights,
     _gather,
     _retained_scores,
+    _usable_volumes,
     batch_loss,
     score_stack,
     train,
@@ -99,7 +100,8 @@ def test_anchor_loss_pulls_landmarks_to_published_scores(volumes: list[TrainVolu
 def test_pelvic_scale_anchors_leave_the_landmark_anchors_their_share(
         volumes: list[TrainVolume]) -> None:
     cfg = _config(anchor_weight=1.0)
-    dense = [replace(v, anchors=with_pelvic_scale(v.anchors, v.z_mm, 20.0)) for v in volumes]
+    dense = [replace(v, anchors=with_scale_anchors(v.anchors, v.z_mm, 20.0, PELVIC_SPAN))
+             for v in volumes]
     batches = [_gather(np.random.default_rng(1), vs, np.arange(len(vs)), cfg,
                        [anchor_targets(v.anchors, cfg.anchor_scale, cfg.anchor_offset)
                         for v in vs])
@@ -220,3 +222,11 @@ def test_train_options_take_the_anchor_units_from_the_starting_model(tmp_path: P
                                               "--retain-weight", "1"]))
     assert (cfg.anchor_scale, cfg.anchor_offset) == (meta.score_scale, meta.score_offset)
     assert (cfg.init_weights, cfg.teacher_weights) == ("", str(DEFAULT_WEIGHTS))
+
+
+def test_abdomen_extension_needs_a_volume_that_shows_the_whole_abdomen(
+        volumes: list[TrainVolume]) -> None:
+    cfg = _config(anchor_weight=1.0, abdomen_anchor_step_mm=20.0, abdomen_extension_mm=120.0)
+    # crlm_ct_1004 ends below its lungs, pelvicref_003 above its crest: no abdomen length
+    with pytest.raises(ValueError, match="both"):
+        _usable_volumes(volumes, [], cfg)
