@@ -13,6 +13,12 @@ Moving the pelvis down the scale must move the thighs below it too, or a fine-tu
 reverses them (seen: Pelvic-Ref-003's thighs scored above its pelvis bottom). Where both the
 pelvis bottom and the femoral heads are found, slices :data:`THIGH_OFFSETS_MM` below the
 pelvis bottom are anchored on the volume's own pelvic scale continued downwards.
+
+Landmarks alone leave the stretches between them free (runs p16-p22 scored the pelvis as a
+step and the abdomen twice too steep or flat): :func:`with_scale_anchors` adds anchors every
+few mm between consecutive landmarks on the volume's own scale, and
+:func:`with_abdomen_extension` continues the abdomen from the one end that a chest or pelvic
+scan shows.
 """
 
 from __future__ import annotations
